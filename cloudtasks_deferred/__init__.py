@@ -1,0 +1,70 @@
+"""cloudtasks_deferred: the App Engine ``deferred`` API on Google Cloud Tasks.
+
+Migrating code changes its imports and keeps its calls::
+
+    from cloudtasks_deferred import deferred, wrap_wsgi_app
+
+    app.wsgi_app = wrap_wsgi_app(app.wsgi_app, use_deferred=True)
+    deferred.defer(do_something_later, key, 20, _countdown=60)
+
+``import cloudtasks_deferred as deferred`` works too: the package exposes the
+same names as :mod:`cloudtasks_deferred.deferred`. Importing the package and
+building the handler import neither ``google.cloud.tasks_v2`` nor ``google.auth``;
+they load when first needed, to keep cold starts short.
+"""
+
+from __future__ import annotations
+
+from . import deferred
+from .client import Client
+from .context import TaskInfo, current_task
+from .deferred import (
+    application,
+    defer,
+    invoke_member,
+    run,
+    run_from_datastore,
+    serialize,
+    set_log_level,
+)
+from .errors import (
+    ConfigurationError,
+    Error,
+    PermanentTaskFailure,
+    SingularTaskFailure,
+    TaskAlreadyExistsError,
+    TombstonedTaskError,
+)
+from .handler import Handler
+from .middleware import wrap_wsgi_app
+from .retry import TaskRetryOptions
+from .settings import Settings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # Configuration and context.
+    "Client",
+    "ConfigurationError",
+    # Exceptions, legacy names first.
+    "Error",
+    # The legacy deferred API.
+    "Handler",
+    "PermanentTaskFailure",
+    "Settings",
+    "SingularTaskFailure",
+    "TaskAlreadyExistsError",
+    "TaskInfo",
+    "TaskRetryOptions",
+    "TombstonedTaskError",
+    "application",
+    "current_task",
+    "defer",
+    "deferred",
+    "invoke_member",
+    "run",
+    "run_from_datastore",
+    "serialize",
+    "set_log_level",
+    "wrap_wsgi_app",
+]

@@ -1,0 +1,68 @@
+"""Runs gcloud-tasks-emulator bound to 127.0.0.1 (its own CLI binds every interface).
+
+Started by :class:`cloudtasks_deferred.emulators.CloudTasksEmulator` as
+``python -m cloudtasks_deferred._tasks_emulator --port P [--queue NAME]...``; stops
+on SIGTERM or SIGINT. Needs ``pip install --no-deps gcloud-tasks-emulator==0.6.2``
+(it pins protobuf<5, which the rest of the stack has outgrown; its code runs fine
+beside newer versions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from concurrent import futures
+from typing import Any
+
+_HOST = "127.0.0.1"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Starts the emulator and blocks until SIGTERM/SIGINT; returns 3 if it is missing."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--queue", action="append", default=[], help="full queue name")
+    parser.add_argument("--max-retries", type=int, default=-1)
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    try:
+        import grpc
+        from gcloud_tasks_emulator import server
+    except ImportError as exc:
+        print(
+            f"cannot start the Cloud Tasks emulator ({exc}): "
+            "pip install --no-deps gcloud-tasks-emulator==0.6.2",
+            file=sys.stderr,
+        )
+        return 3
+
+    class LoopbackAPIThread(server.APIThread):  # type: ignore[misc]
+        def run(self) -> None:
+            self._httpd = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+            server.add_CloudTasksServicer_to_server(server.Greeter(self._state), self._httpd)
+            self._httpd.add_insecure_port(f"{_HOST}:{self._port}")
+            self._httpd.start()
+
+    emulator: Any = server.create_server(
+        _HOST, args.port, default_queue_names=args.queue, max_retries=args.max_retries
+    )
+    emulator._api = LoopbackAPIThread(emulator._state, _HOST, args.port, daemon=True)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    emulator.start()
+    print(f"Cloud Tasks emulator listening on {_HOST}:{args.port}", flush=True)
+    stop.wait()
+    emulator.stop()
+    # Its dispatch threads are not daemons and may sit in urlopen without a timeout.
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Verification of the OIDC ID tokens Cloud Tasks attaches to HTTP tasks, with google-auth.
+
+A token is accepted only if, in this order:
+
+1. it is a well-formed JWT no longer than :data:`MAX_TOKEN_BYTES`;
+2. its header says ``alg: RS256`` (``none``, ``HS256`` and the rest are refused
+   before any key is looked up) and names a key ID the certificate source knows;
+3. ``exp`` and ``iat`` are numbers, the token has not expired and was not issued
+   in the future, give or take :data:`CLOCK_SKEW_SECONDS`;
+4. its signature verifies against that key (``google.auth.jwt.decode``);
+5. ``iss`` is Google (``accounts.google.com`` with or without ``https://``) — a
+   check ``google.oauth2.id_token.verify_token`` does not make;
+6. ``aud`` is one of the configured audiences;
+7. ``email`` is one of the allowed invokers and ``email_verified`` is true.
+
+Each refusal raises :class:`AuthenticationError` with a reason safe to return to
+the caller: it says which check failed and never echoes configuration.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, Final
+
+from .certs import CertSource
+
+__all__ = [
+    "CLOCK_SKEW_SECONDS",
+    "GOOGLE_ISSUERS",
+    "MAX_TOKEN_BYTES",
+    "AuthenticationError",
+    "OIDCVerifier",
+]
+
+#: Issuers of Google-signed ID tokens.
+GOOGLE_ISSUERS: Final = ("accounts.google.com", "https://accounts.google.com")
+#: Seconds of clock difference tolerated on ``exp`` and ``iat``.
+CLOCK_SKEW_SECONDS: Final = 10
+#: Longer tokens are refused before parsing; Google ID tokens are about 1 KB.
+MAX_TOKEN_BYTES: Final = 16 * 1024
+
+
+class AuthenticationError(Exception):
+    """The request is not from an allowed caller; ``str(error)`` says which check failed."""
+
+
+class OIDCVerifier:
+    """Verifies ID tokens against a certificate source and the configured claims.
+
+    Args:
+        certs: Where the signing keys come from.
+        audiences: Accepted ``aud`` values.
+        invokers: Accepted ``email`` values.
+        issuers: Accepted ``iss`` values.
+        clock_skew: Seconds tolerated on ``exp`` and ``iat``.
+        clock: Seconds since the epoch; injectable for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        certs: CertSource,
+        audiences: Sequence[str],
+        invokers: Collection[str],
+        issuers: Collection[str] = GOOGLE_ISSUERS,
+        clock_skew: int = CLOCK_SKEW_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not audiences or not invokers:
+            raise ValueError("an OIDC verifier needs at least one audience and one invoker")
+        self.certs = certs
+        self.audiences = tuple(audiences)
+        self.invokers = frozenset(invokers)
+        self.issuers = frozenset(issuers)
+        self.clock_skew = clock_skew
+        self._clock = clock
+
+    def verify(self, token: str) -> Mapping[str, Any]:
+        """Checks ``token`` and returns its claims.
+
+        Args:
+            token: The compact JWT from ``Authorization: Bearer``.
+
+        Returns:
+            The verified claims.
+
+        Raises:
+            AuthenticationError: A check failed; the message names it.
+            CertsUnavailableError: No certificates could be fetched (transient).
+        """
+        from google.auth import exceptions, jwt
+
+        if len(token) > MAX_TOKEN_BYTES:
+            raise AuthenticationError("the bearer token is too long")
+        try:
+            header = jwt.decode_header(token)
+            unverified = jwt.decode(token, verify=False)
+        except (ValueError, TypeError, exceptions.GoogleAuthError) as exc:
+            raise AuthenticationError("the bearer token is not a valid JWT") from exc
+        if header.get("alg") != "RS256":
+            raise AuthenticationError("the token is not signed with RS256")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise AuthenticationError("the token names no signing key")
+        self._check_times(unverified)
+        cert = self.certs.get(kid)
+        if cert is None:
+            raise AuthenticationError("the token is signed by an unknown key")
+        try:
+            claims: Mapping[str, Any] = jwt.decode(
+                token, certs={kid: cert}, verify=True, clock_skew_in_seconds=self.clock_skew
+            )
+        except (ValueError, TypeError, exceptions.GoogleAuthError) as exc:
+            raise AuthenticationError("the token signature does not verify") from exc
+        if claims.get("iss") not in self.issuers:
+            raise AuthenticationError("the token issuer is not Google")
+        if claims.get("aud") not in self.audiences:
+            raise AuthenticationError("the token audience is not this service")
+        email = claims.get("email")
+        if not isinstance(email, str) or email not in self.invokers:
+            raise AuthenticationError("the token email is not an allowed invoker")
+        if claims.get("email_verified") is not True:
+            raise AuthenticationError("the token email is not verified")
+        return claims
+
+    def _check_times(self, claims: Mapping[str, Any]) -> None:
+        now = self._clock()
+        exp, iat = _number(claims, "exp"), _number(claims, "iat")
+        if exp is None or iat is None:
+            raise AuthenticationError("the token lacks numeric exp and iat claims")
+        if exp + self.clock_skew < now:
+            raise AuthenticationError("the token has expired")
+        nbf = _number(claims, "nbf")
+        if max(iat, nbf or iat) - self.clock_skew > now:
+            raise AuthenticationError("the token is not valid yet")
+
+
+def _number(claims: Mapping[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)

@@ -1,0 +1,313 @@
+"""The :class:`Client`: settings plus what is built from them, and ``defer`` itself.
+
+The legacy API is module functions (``deferred.defer(...)``); they act on the
+*current* client:
+
+* inside ``with client.bind():`` — and so inside every request that
+  :func:`~cloudtasks_deferred.wrap_wsgi_app` or a :class:`~cloudtasks_deferred.Handler`
+  built with explicit settings serves, and inside
+  :func:`~cloudtasks_deferred.testing.in_memory_queue` — that client;
+* otherwise the process's default client, created on first use from
+  :meth:`Settings.from_env <cloudtasks_deferred.settings.Settings.from_env>`.
+
+Binding uses a :class:`contextvars.ContextVar`, so concurrent requests on other
+threads are unaffected. Nothing here touches the network or imports
+``google.cloud.tasks_v2`` until the first task is deferred.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import importlib
+import importlib.util
+import logging
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from .auth import Authenticator, authenticator_for
+from .auth.dev import DEV_INVOKER, DevKey, dev_key
+from .deadletters import DeadLetterSink, LoggingDeadLetters
+from .errors import ConfigurationError, TaskAlreadyExistsError, TombstonedTaskError
+from .payload import frame, serialize
+from .retry import RetryOptionsWarning
+from .settings import Platform, Settings, queue_path
+
+if TYPE_CHECKING:
+    from google.cloud import tasks_v2
+
+    from .transports import Transport
+
+__all__ = ["Client", "current_client", "default_client"]
+
+_logger = logging.getLogger(__name__)
+_bound: contextvars.ContextVar[Client | None] = contextvars.ContextVar(
+    "cloudtasks_deferred_client", default=None
+)
+_METADATA_REGION_URL = "http://metadata.google.internal/computeMetadata/v1/instance/region"
+
+
+class Client:
+    """Enqueues deferred calls and holds what the handler needs to run them.
+
+    Collaborators are built on first use, once, thread-safely.
+
+    Args:
+        settings: The configuration; :meth:`Settings.from_env` when ``None``.
+        transport: Where tasks go; the Cloud Tasks API (or the emulator named in the
+            settings) when ``None``.
+        authenticator: Who may run tasks; built from the settings when ``None``.
+        dead_letters: Receives tasks given up on; logged when ``None``.
+
+    Raises:
+        ConfigurationError: ``settings`` is ``None`` and the environment is invalid.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        transport: Transport | None = None,
+        authenticator: Authenticator | None = None,
+        dead_letters: DeadLetterSink | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else Settings.from_env()
+        self.dead_letters: DeadLetterSink = dead_letters or LoggingDeadLetters()
+        self._transport = transport
+        self._authenticator = authenticator
+        self._lock = threading.Lock()
+        self._project_location: tuple[str, str] | None = None
+        self._ndb_unavailable = False
+
+    @property
+    def transport(self) -> Transport:
+        """The transport tasks are created with."""
+        if self._transport is None:
+            from .transports.cloud_tasks import CloudTasksTransport
+
+            with self._lock:
+                if self._transport is None:
+                    self._transport = CloudTasksTransport(self.settings.emulator_host)
+        return self._transport
+
+    @property
+    def authenticator(self) -> Authenticator:
+        """The rules the handler applies to task requests."""
+        if self._authenticator is None:
+            authenticator = authenticator_for(self.settings)
+            with self._lock:
+                if self._authenticator is None:
+                    self._authenticator = authenticator
+        return self._authenticator
+
+    @property
+    def dev_key(self) -> DevKey:
+        """The local key dev-mode tasks are signed with (shared per key file)."""
+        return dev_key(self.settings.dev_key_file)
+
+    def defer(self, obj: Callable[..., Any], *args: Any, **kwargs: Any) -> tasks_v2.Task:
+        """Enqueues ``obj(*args, **kwargs)``; see :func:`cloudtasks_deferred.defer`."""
+        from .enqueue import build_task
+        from .options import split_options
+
+        now = datetime.now(UTC)
+        options, call_kwargs = split_options(kwargs, now=now)
+        if options.transactional:
+            raise NotImplementedError(
+                "defer(_transactional=True) is not supported by this version: it would "
+                "enqueue even if the transaction rolls back. Defer after the commit instead "
+                "(ndb.get_context().call_on_commit(...)) or drop _transactional."
+            )
+        metadata: dict[str, Any] = {}
+        if options.retry_options is not None:
+            ignored = options.retry_options.queue_level_fields
+            if ignored:
+                warnings.warn(
+                    f"TaskRetryOptions {', '.join(ignored)} cannot apply per task: Cloud "
+                    "Tasks sets backoff per queue (retry_config in terraform/); the queue's "
+                    "backoff applies.",
+                    RetryOptionsWarning,
+                    stacklevel=3,
+                )
+            metadata["retry"] = options.retry_options.to_metadata()
+            metadata["t0"] = (options.schedule_time(now) or now).timestamp()
+        body = frame(serialize(obj, *args, **call_kwargs), metadata)
+        parent = self.queue_path(options.queue)
+        task = build_task(
+            body,
+            options,
+            self.settings,
+            parent=parent,
+            now=now,
+            dev_token=self._mint_dev_token if self.settings.dev_mode else None,
+        )
+        return self._create(parent, task)
+
+    def queue_path(self, queue: str | None = None) -> str:
+        """Returns ``projects/P/locations/L/queues/Q`` for ``queue`` (default: the settings').
+
+        Raises:
+            ConfigurationError: The project or location cannot be determined.
+        """
+        if self._project_location is None:
+            resolved = (self._project(), self._location())
+            with self._lock:
+                self._project_location = resolved
+        project, location = self._project_location
+        return queue_path(project, location, queue or self.settings.queue)
+
+    @contextlib.contextmanager
+    def bind(self) -> Iterator[Client]:
+        """Makes this the client module-level functions use, for the block's context."""
+        token = _bound.set(self)
+        try:
+            yield self
+        finally:
+            _bound.reset(token)
+
+    def ndb_context(self) -> contextlib.AbstractContextManager[object]:
+        """An NDB context for running legacy code, when NDB is enabled and none is active.
+
+        With ``settings.ndb`` unset (auto), a missing or unconfigured google-cloud-ndb
+        gives no context (and a warning once); with ``settings.ndb=True`` it is an error.
+
+        Raises:
+            ConfigurationError: ``settings.ndb`` is true and no NDB client can be made.
+        """
+        mode = self.settings.ndb
+        if mode is False or (mode is None and (self._ndb_unavailable or not _ndb_installed())):
+            return contextlib.nullcontext()
+        try:
+            ndb = importlib.import_module("google.cloud.ndb")
+            if ndb.get_context(raise_context_error=False) is not None:
+                return contextlib.nullcontext()
+            context: contextlib.AbstractContextManager[object]
+            context = shared_ndb_client(self.settings.project).context()
+            return context
+        except Exception as exc:
+            message = (
+                f"cannot open an NDB context ({exc}): install the ndb extra "
+                "(pip install 'cloudtasks-deferred[ndb]') and configure Datastore access "
+                "(GOOGLE_CLOUD_PROJECT and credentials, or DATASTORE_EMULATOR_HOST locally)"
+            )
+            if mode:
+                raise ConfigurationError(message) from exc
+            # Auto mode: say it once, then stop trying (each attempt probes credentials).
+            self._ndb_unavailable = True
+            _logger.warning(
+                "%s; running without one (CLOUDTASKS_DEFERRED_NDB=false silences this)", message
+            )
+            return contextlib.nullcontext()
+
+    def _mint_dev_token(self, audience: str, valid_from: datetime) -> str:
+        email = self.settings.service_account or DEV_INVOKER
+        return self.dev_key.mint(email=email, audience=audience, valid_from=valid_from)
+
+    def _create(self, parent: str, task: tasks_v2.Task) -> tasks_v2.Task:
+        from google.api_core import exceptions
+
+        try:
+            return self.transport.create_task(parent, task)
+        except exceptions.AlreadyExists as exc:
+            tombstoned = "too recently" in str(exc).lower()
+            error = TombstonedTaskError if tombstoned else TaskAlreadyExistsError
+            raise error(
+                f"task {task.name} {'existed too recently' if tombstoned else 'already exists'}"
+                " in its queue: Cloud Tasks keeps a name for about an hour after its task "
+                "ends; pick a new _name"
+            ) from exc
+        except (exceptions.NotFound, exceptions.FailedPrecondition) as exc:
+            exc.add_note(
+                f"cloudtasks_deferred: check that the queue {parent} exists (terraform "
+                "apply; locally: cloudtasks-deferred emulator --queue NAME)"
+            )
+            raise
+        except exceptions.PermissionDenied as exc:
+            exc.add_note(
+                "cloudtasks_deferred: the service account this code runs as needs "
+                "roles/cloudtasks.enqueuer on the queue and, for HTTP tasks, "
+                "roles/iam.serviceAccountUser on CLOUDTASKS_DEFERRED_SERVICE_ACCOUNT"
+            )
+            raise
+
+    def _project(self) -> str:
+        if self.settings.project:
+            return self.settings.project
+        import google.auth
+        from google.auth import exceptions
+
+        try:
+            _, project = google.auth.default()
+        except exceptions.DefaultCredentialsError as exc:
+            raise ConfigurationError(
+                f"GOOGLE_CLOUD_PROJECT is not set and application default credentials are "
+                f"unavailable ({exc}): set GOOGLE_CLOUD_PROJECT"
+            ) from exc
+        if not project:
+            raise ConfigurationError("cannot determine the project: set GOOGLE_CLOUD_PROJECT")
+        return str(project)
+
+    def _location(self) -> str:
+        if self.settings.location:
+            return self.settings.location
+        if self.settings.platform is Platform.APP_ENGINE:
+            region = _metadata_region()
+            if region:
+                return region
+        raise ConfigurationError(
+            "CLOUDTASKS_DEFERRED_LOCATION is not set: set it to your queues' location, "
+            "e.g. us-central1 (gcloud tasks queues list shows it)"
+        )
+
+
+def current_client() -> Client:
+    """Returns the client module-level functions use now (see the module docstring).
+
+    Raises:
+        ConfigurationError: The default client's environment is invalid.
+    """
+    return _bound.get() or default_client()
+
+
+@functools.cache
+def default_client() -> Client:
+    """Returns the process's default client, built from the environment on first call."""
+    return Client()
+
+
+_ndb_lock = threading.Lock()
+
+
+def shared_ndb_client(project: str | None) -> Any:
+    """Returns the process's ``google.cloud.ndb.Client`` for ``project``."""
+    with _ndb_lock:
+        return _ndb_client(project)
+
+
+@functools.cache
+def _ndb_client(project: str | None) -> Any:
+    return importlib.import_module("google.cloud.ndb").Client(project=project)
+
+
+@functools.cache
+def _ndb_installed() -> bool:
+    return importlib.util.find_spec("google.cloud.ndb") is not None
+
+
+def _metadata_region() -> str | None:
+    import requests
+
+    try:
+        response = requests.get(
+            _METADATA_REGION_URL, headers={"Metadata-Flavor": "Google"}, timeout=2
+        )
+        response.raise_for_status()
+    except requests.RequestException:
+        _logger.warning("cannot read the region from the metadata server", exc_info=True)
+        return None
+    # "projects/123456789/regions/us-central1"
+    return response.text.rsplit("/", 1)[-1] or None

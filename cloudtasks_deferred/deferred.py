@@ -1,0 +1,132 @@
+"""The legacy ``google.appengine.ext.deferred`` API, on Cloud Tasks.
+
+Change one import line and existing code keeps working::
+
+    from google.appengine.ext import deferred      # before
+    from cloudtasks_deferred import deferred       # after
+
+    deferred.defer(do_something_later, key, 20, _countdown=60)
+
+Which callables may be deferred is listed in :mod:`cloudtasks_deferred.payload`.
+Tasks are delivered to ``/_ah/queue/deferred`` unless ``_url`` says otherwise;
+serve that path with :func:`wrap_wsgi_app` (or :data:`application`, a WSGI app).
+Configuration comes from the environment (:mod:`cloudtasks_deferred.settings`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .client import current_client
+from .context import current_task
+from .errors import (
+    Error,
+    PermanentTaskFailure,
+    SingularTaskFailure,
+    TaskAlreadyExistsError,
+    TombstonedTaskError,
+)
+from .handler import HEADER_LOG_LEVEL, Handler
+from .middleware import wrap_wsgi_app
+from .payload import invoke_member, run, serialize
+from .retry import TaskRetryOptions
+
+if TYPE_CHECKING:
+    from google.cloud import tasks_v2
+
+__all__ = [
+    "Error",
+    "Handler",
+    "PermanentTaskFailure",
+    "SingularTaskFailure",
+    "TaskAlreadyExistsError",
+    "TaskRetryOptions",
+    "TombstonedTaskError",
+    "application",
+    "current_task",
+    "defer",
+    "invoke_member",
+    "run",
+    "run_from_datastore",
+    "serialize",
+    "set_log_level",
+    "wrap_wsgi_app",
+]
+
+
+def defer(obj: Callable[..., Any], *args: Any, **kwargs: Any) -> tasks_v2.Task:
+    """Defers a callable for execution later, as a Cloud Tasks task.
+
+    Keyword arguments starting with ``_`` are options and never reach the callable:
+
+    * ``_countdown`` (``int | float``): seconds from now before the task may run
+      (at most 30 days: Cloud Tasks' limit on ``schedule_time``).
+    * ``_eta`` (``datetime``): when the task may run; a naive datetime is UTC, as in
+      the legacy API. At most 30 days ahead. Not together with ``_countdown``.
+    * ``_name`` (``str``): task ID, 1-500 of ``[A-Za-z0-9_-]``; reusing one Cloud
+      Tasks still remembers (about an hour after the task ends) raises
+      :class:`TaskAlreadyExistsError`.
+    * ``_queue`` (``str``): queue ID; default ``CLOUDTASKS_DEFERRED_QUEUE`` or ``default``.
+    * ``_url`` (``str``): path the task is delivered to (default
+      ``/_ah/queue/deferred``), or an absolute ``http(s)`` URL (an HTTP task).
+    * ``_target`` (``str``): App Engine ``[[instance.]version.]service`` to run the
+      task on; by default the service and version that defers it.
+    * ``_headers`` (``dict[str, str]``): extra request headers, merged over
+      ``Content-Type: application/octet-stream``; under 80 KB in total.
+    * ``_retry_options`` (:class:`TaskRetryOptions`): per-task retry limits.
+    * ``_dispatch_deadline`` (seconds or ``timedelta``): how long Cloud Tasks waits
+      for the handler: 15 s to 30 min for HTTP tasks, to 24 h for App Engine tasks.
+    * ``_transactional`` (``bool``): not supported yet; ``True`` raises
+      ``NotImplementedError`` rather than enqueue outside the transaction.
+
+    Args:
+        obj: The callable to run; see :mod:`cloudtasks_deferred.payload`.
+        *args: Positional arguments for ``obj``.
+        **kwargs: Keyword arguments for ``obj``, and the options above.
+
+    Returns:
+        The created ``google.cloud.tasks_v2.Task`` (or the in-memory transport's).
+
+    Raises:
+        TypeError: An unknown ``_`` option, or an option of the wrong type.
+        ValueError: An invalid option value, or ``obj`` is not callable.
+        pickle.PicklingError: ``obj`` or an argument cannot be pickled (a lambda, a
+            nested function or class); ``AttributeError`` on some Python versions.
+        TaskAlreadyExistsError: ``_name`` is taken.
+        ConfigurationError: The settings do not say where to send the task.
+        google.api_core.exceptions.GoogleAPICallError: Cloud Tasks refused the task.
+    """
+    return current_client().defer(obj, *args, **kwargs)
+
+
+def run_from_datastore(key: Any) -> Any:
+    """Runs a task stored in a ``_DeferredTaskEntity`` (oversized payloads).
+
+    Args:
+        key: The entity's key, or the key string the legacy library wrote.
+
+    Raises:
+        NotImplementedError: Always, in this version: oversized payloads (stored in
+            Datastore through the ``ndb`` extra) are not supported yet.
+    """
+    raise NotImplementedError(
+        "run_from_datastore needs oversized-payload support (the ndb extra), which this "
+        "version of cloudtasks_deferred does not include yet"
+    )
+
+
+def set_log_level(log_level: int) -> None:
+    """Sets the level at which the handler logs each task's queue headers.
+
+    Args:
+        log_level: A ``logging`` level, e.g. ``logging.DEBUG``. The default is INFO.
+
+    Raises:
+        TypeError: ``log_level`` is not an ``int``.
+    """
+    HEADER_LOG_LEVEL.set(log_level)
+
+
+#: A ready task handler (a WSGI app) configured from the environment.
+application = Handler()

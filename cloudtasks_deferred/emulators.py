@@ -1,0 +1,234 @@
+"""The local emulators, started on 127.0.0.1 for development, demos and tests.
+
+* :class:`CloudTasksEmulator` runs ``gcloud-tasks-emulator`` (PyPI; install it with
+  ``pip install --no-deps gcloud-tasks-emulator==0.6.2``). It creates tasks and
+  dispatches HTTP tasks to their URLs, retrying non-2xx answers every ~0.1 s; it
+  ignores ``oidc_token`` (use dev mode), does not deduplicate task names and does not
+  enforce the 1 MB task limit.
+* :class:`DatastoreEmulator` runs the Google Cloud SDK's Datastore emulator (Java),
+  found next to ``gcloud``; it is not installable from a package registry.
+
+Both pick a free port when given 0, wait until they answer, and stop their whole
+process group on :meth:`stop` or at the end of a ``with`` block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+__all__ = ["CloudTasksEmulator", "DatastoreEmulator", "EmulatorUnavailableError", "free_port"]
+
+_HOST = "127.0.0.1"
+
+
+class EmulatorUnavailableError(RuntimeError):
+    """An emulator is not installed or did not start; the message says how to fix it."""
+
+
+def free_port() -> int:
+    """Returns a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class _Process:
+    """A child process in its own session, stopped with its children."""
+
+    name = "emulator"
+
+    def __init__(self, port: int, log: IO[bytes] | None) -> None:
+        self.port = port or free_port()
+        self._log = log
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:PORT``."""
+        return f"{_HOST}:{self.port}"
+
+    def _command(self) -> Sequence[str]:
+        raise NotImplementedError
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 60.0) -> Self:
+        """Starts the process and waits until it answers.
+
+        Raises:
+            EmulatorUnavailableError: It is missing, exited, or did not answer in time.
+        """
+        self._process = subprocess.Popen(  # noqa: S603 - argv built here, no shell
+            self._command(),
+            stdout=self._log or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self._process.poll()
+            if code is not None:
+                raise EmulatorUnavailableError(f"the {self.name} exited with status {code}")
+            if self._ready():
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise EmulatorUnavailableError(f"the {self.name} did not answer within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        """Stops the process and its children (idempotent)."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class CloudTasksEmulator(_Process):
+    """gcloud-tasks-emulator on 127.0.0.1.
+
+    Args:
+        queues: Full queue names to create, ``projects/P/locations/L/queues/Q``.
+        port: TCP port; 0 picks a free one.
+        python: Interpreter that has ``gcloud_tasks_emulator``; this one by default.
+        max_retries: Attempts after which a failing task is dropped; -1 retries forever.
+        log: Where the emulator's output goes; discarded when ``None``.
+    """
+
+    name = "Cloud Tasks emulator"
+
+    def __init__(
+        self,
+        *,
+        queues: Iterable[str] = (),
+        port: int = 0,
+        python: str | None = None,
+        max_retries: int = -1,
+        log: IO[bytes] | None = None,
+    ) -> None:
+        super().__init__(port, log)
+        self.queues = tuple(queues)
+        self.python = python or sys.executable
+        self.max_retries = max_retries
+
+    def _command(self) -> Sequence[str]:
+        queue_args = [arg for queue in self.queues for arg in ("--queue", queue)]
+        return [
+            self.python, "-m", "cloudtasks_deferred._tasks_emulator",
+            "--port", str(self.port), "--max-retries", str(self.max_retries),
+            *queue_args,
+        ]  # fmt: skip
+
+    def _ready(self) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            return sock.connect_ex((_HOST, self.port)) == 0
+
+    @staticmethod
+    def available(python: str | None = None) -> bool:
+        """Whether ``gcloud_tasks_emulator`` is importable by ``python``."""
+        result = subprocess.run(  # noqa: S603 - argv built here, no shell
+            [python or sys.executable, "-c", "import gcloud_tasks_emulator.server"],
+            capture_output=True,
+            check=False,
+        )
+        return result.returncode == 0
+
+
+class DatastoreEmulator(_Process):
+    """The Cloud SDK's Datastore emulator on 127.0.0.1, in memory.
+
+    Args:
+        port: TCP port; 0 picks a free one.
+        consistency: Fraction of eventually-consistent queries that see the latest
+            writes; 1.0 (the default) makes kind queries deterministic for tests.
+        project: Project ID clients should use.
+        log: Where the emulator's output goes; discarded when ``None``.
+    """
+
+    name = "Datastore emulator"
+
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        consistency: float = 1.0,
+        project: str = "local-project",
+        log: IO[bytes] | None = None,
+    ) -> None:
+        super().__init__(port, log)
+        self.consistency = consistency
+        self.project = project
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The variables google-cloud-ndb reads to use this emulator."""
+        return {"DATASTORE_EMULATOR_HOST": self.host, "DATASTORE_PROJECT_ID": self.project}
+
+    @staticmethod
+    def script() -> Path | None:
+        """The SDK's ``cloud_datastore_emulator`` script, or ``None`` if not installed."""
+        gcloud = shutil.which("gcloud")
+        if gcloud is None:
+            return None
+        sdk_root = Path(os.path.realpath(gcloud)).parent.parent
+        script = sdk_root / "platform" / "cloud-datastore-emulator" / "cloud_datastore_emulator"
+        return script if script.exists() else None
+
+    def _command(self) -> Sequence[str]:
+        script = self.script()
+        if script is None:
+            raise EmulatorUnavailableError(
+                "the Datastore emulator is not installed: install the Google Cloud SDK and "
+                "run `gcloud components install cloud-datastore-emulator` (or the "
+                "google-cloud-cli-datastore-emulator package)"
+            )
+        return [
+            str(script), "start", f"--host={_HOST}", f"--port={self.port}",
+            f"--consistency={self.consistency}", "--store_on_disk=false",
+        ]  # fmt: skip
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.host}/", timeout=1) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def reset(self) -> None:
+        """Deletes every entity (the emulator's ``/reset``)."""
+        request = urllib.request.Request(f"http://{self.host}/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=10):  # noqa: S310
+            pass

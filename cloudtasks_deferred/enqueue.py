@@ -1,0 +1,166 @@
+"""Building the Cloud Tasks ``Task`` for a deferred call: target, schedule, name, headers.
+
+Target rules, in order:
+
+* an absolute ``_url``, or ``CLOUDTASKS_DEFERRED_BASE_URL`` being set, makes an
+  **HTTP task** (the Cloud Run path): ``url`` is the absolute URL or base URL +
+  ``_url``, and the task carries an ``oidc_token`` for the configured service
+  account and audience (in dev mode, an ``Authorization`` header signed with the
+  local key instead, because the emulator ignores ``oidc_token``);
+* otherwise, on App Engine standard, an **App Engine task** whose ``relative_uri``
+  is ``_url``, routed to ``_target`` or else to the service and version that
+  enqueued it, so that the code which pickled the task is the code which runs it;
+* otherwise there is nowhere to send the task and a ``ConfigurationError`` says
+  what to set.
+
+This module imports ``google.cloud.tasks_v2``; the handler's request path never
+imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Final
+
+from google.cloud import tasks_v2
+
+from . import limits
+from .errors import ConfigurationError
+from .options import TaskOptions
+from .settings import Platform, Settings, origin
+
+if TYPE_CHECKING:
+    from google.cloud.tasks_v2.types import target as target_pb
+
+__all__ = ["CONTENT_TYPE", "build_task"]
+
+#: The legacy deferred library's Content-Type for payloads.
+CONTENT_TYPE: Final = "application/octet-stream"
+
+#: Signs a dev-mode ID token: ``(audience, not_before) -> token``.
+DevTokenMinter = Callable[[str, datetime], str]
+
+
+def build_task(
+    body: bytes,
+    options: TaskOptions,
+    settings: Settings,
+    *,
+    parent: str,
+    now: datetime,
+    dev_token: DevTokenMinter | None = None,
+) -> tasks_v2.Task:
+    """Builds the task ``defer`` sends, exactly as it reaches Cloud Tasks.
+
+    Args:
+        body: The framed payload.
+        options: Validated ``defer`` options.
+        settings: Where tasks go and how they authenticate.
+        parent: The queue's full resource name, ``projects/P/locations/L/queues/Q``.
+        now: Current aware UTC time (for ``_countdown``).
+        dev_token: Mints dev-mode tokens; required when ``settings.dev_mode``.
+
+    Returns:
+        The task message.
+
+    Raises:
+        ConfigurationError: No target can be chosen, or an HTTP task has no service
+            account to sign its OIDC token.
+        ValueError: An option does not fit the chosen target (``_target`` on an HTTP
+            task, an absolute URL or out-of-range ``_dispatch_deadline``).
+    """
+    task = tasks_v2.Task.pb()()
+    if options.name is not None:
+        task.name = f"{parent}/tasks/{options.name}"
+    schedule_time = options.schedule_time(now)
+    if schedule_time is not None:
+        task.schedule_time.FromDatetime(schedule_time)
+    headers = {"Content-Type": CONTENT_TYPE, **options.headers}
+
+    if options.is_absolute_url or settings.base_url:
+        _check_deadline(options.dispatch_deadline, limits.HTTP_DISPATCH_DEADLINE, "HTTP")
+        if options.target is not None:
+            raise ValueError(
+                f"_target={options.target!r} routes App Engine tasks, but this is an HTTP "
+                "task (CLOUDTASKS_DEFERRED_BASE_URL is set or _url is absolute)"
+            )
+        request = task.http_request
+        request.url = options.url if options.is_absolute_url else _join(settings, options.url)
+        request.http_method = tasks_v2.HttpMethod.POST
+        audience = _audience(settings, request.url)
+        if settings.dev_mode:
+            if dev_token is None:  # pragma: no cover - Client always passes one
+                raise ConfigurationError("dev mode needs a dev key to sign tasks")
+            headers["Authorization"] = f"Bearer {dev_token(audience, schedule_time or now)}"
+        elif settings.service_account:
+            request.oidc_token.service_account_email = settings.service_account
+            request.oidc_token.audience = audience
+        else:
+            raise ConfigurationError(
+                "HTTP tasks need CLOUDTASKS_DEFERRED_SERVICE_ACCOUNT: the email of the "
+                "service account Cloud Tasks signs each task's OIDC token as (the "
+                "handler accepts only tokens from it)"
+            )
+        request.headers.update(headers)
+        request.body = body
+    elif settings.platform is Platform.APP_ENGINE:
+        _check_deadline(
+            options.dispatch_deadline, limits.APP_ENGINE_DISPATCH_DEADLINE, "App Engine"
+        )
+        request_ae = task.app_engine_http_request
+        request_ae.relative_uri = options.url
+        request_ae.http_method = tasks_v2.HttpMethod.POST
+        _route(request_ae.app_engine_routing, options.target, settings)
+        request_ae.headers.update(headers)
+        request_ae.body = body
+    else:
+        raise ConfigurationError(
+            "cannot choose a target for the task: set CLOUDTASKS_DEFERRED_BASE_URL to the "
+            "URL of the service that runs tasks (Cloud Run), pass an absolute _url, or run "
+            "on App Engine standard (GAE_ENV=standard) for App Engine targets"
+        )
+    if options.dispatch_deadline is not None:
+        task.dispatch_deadline.FromTimedelta(options.dispatch_deadline)
+    built: tasks_v2.Task = tasks_v2.Task.wrap(task)
+    return built
+
+
+def _join(settings: Settings, url: str) -> str:
+    assert settings.base_url is not None  # noqa: S101 - guarded by the caller
+    return settings.base_url.rstrip("/") + url
+
+
+def _audience(settings: Settings, url: str) -> str:
+    # Tasks for this service carry the audience its handler expects; an absolute
+    # _url to another origin gets that origin, which is what its handler defaults to.
+    if settings.base_url is None or origin(url) != origin(settings.base_url):
+        return origin(url)
+    audiences = settings.effective_audiences
+    return audiences[0]
+
+
+def _route(routing: target_pb.AppEngineRouting, target: str | None, settings: Settings) -> None:
+    if target is None:
+        if settings.app_engine_service:
+            routing.service = settings.app_engine_service
+        if settings.app_engine_version:
+            routing.version = settings.app_engine_version
+        return
+    parts = target.split(".")
+    routing.service = parts[-1]
+    if len(parts) >= 2:
+        routing.version = parts[-2]
+    if len(parts) == 3:
+        routing.instance = parts[0]
+
+
+def _check_deadline(
+    deadline: timedelta | None, bounds: tuple[timedelta, timedelta], kind: str
+) -> None:
+    low, high = bounds
+    if deadline is not None and not low <= deadline <= high:
+        raise ValueError(
+            f"_dispatch_deadline={deadline.total_seconds():g}s is out of range: Cloud Tasks "
+            f"accepts {low.total_seconds():g}s to {high.total_seconds():g}s for {kind} tasks"
+        )

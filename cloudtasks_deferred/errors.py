@@ -1,0 +1,71 @@
+"""Every exception cloudtasks_deferred raises, in one tree.
+
+The legacy names keep the meaning they had in ``google.appengine.ext.deferred``
+and ``google.appengine.api.taskqueue``::
+
+    Error
+     ├── PermanentTaskFailure      raise it in a task: log, do not retry (HTTP 200)
+     ├── SingularTaskFailure       raise it in a task: retry without an error log (HTTP 408)
+     ├── TaskAlreadyExistsError    defer(_name=...) reused a name Cloud Tasks still holds
+     │    └── TombstonedTaskError   ... a name whose task ended within the dedupe window
+     └── ConfigurationError        a setting is missing or invalid; the message names it
+
+Invalid arguments to :func:`~cloudtasks_deferred.defer` raise the built-in
+``TypeError`` or ``ValueError``, naming the offending option. Errors from the Cloud
+Tasks API itself propagate as ``google.api_core.exceptions.GoogleAPICallError``
+with a note saying what to check.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "Error",
+    "PermanentTaskFailure",
+    "SingularTaskFailure",
+    "TaskAlreadyExistsError",
+    "TombstonedTaskError",
+]
+
+
+class Error(Exception):
+    """Base class of every exception defined by cloudtasks_deferred."""
+
+
+class PermanentTaskFailure(Error):
+    """The task failed and will never succeed: it is logged and not retried.
+
+    The handler answers 200 so that Cloud Tasks drops the task, logs the failure with
+    its traceback and records a dead letter. A payload that cannot be decoded counts
+    as a permanent failure too.
+    """
+
+
+class SingularTaskFailure(Error):
+    """The task failed this once: Cloud Tasks retries it without an error being logged.
+
+    The handler answers 408, which Cloud Tasks retries under the queue's retry
+    configuration.
+    """
+
+
+class TaskAlreadyExistsError(Error):
+    """A task with this name exists, or existed too recently, in the queue.
+
+    Raised by ``defer(_name=...)`` when Cloud Tasks answers ``ALREADY_EXISTS``. Cloud
+    Tasks keeps a name reserved for about an hour after its task ends (up to 9 days
+    on queues created from queue.yaml).
+    """
+
+
+class TombstonedTaskError(TaskAlreadyExistsError):
+    """The task name belonged to a task that ended within the dedupe window.
+
+    A subclass of :class:`TaskAlreadyExistsError` because Cloud Tasks reports both
+    cases with the same status code; code that catches either legacy name keeps
+    working.
+    """
+
+
+class ConfigurationError(Error):
+    """A setting is missing or invalid; the message names the setting and the fix."""

@@ -1,0 +1,360 @@
+"""The task handler: authenticate, read, decode, run, and map the outcome to a status.
+
+:class:`Handler` is a WSGI application (every path, every method: it always calls
+``start_response``) and keeps the legacy ``post(environ)`` and
+``run_from_request(environ)`` for custom ``_url`` routes. For each request it:
+
+1. refuses methods other than POST (405, ``Allow: POST``);
+2. **authenticates the caller from the headers alone** (see
+   :mod:`cloudtasks_deferred.auth`) — an unauthenticated request gets 403 and not
+   one byte of its body is read;
+3. refuses bodies larger than a task can be (413) before reading them;
+4. decodes the payload and runs the callable with :func:`~cloudtasks_deferred.current_task`
+   set, the handler's client bound and, when enabled, inside an NDB context;
+5. maps the outcome with :func:`response_for` (Cloud Tasks retries every non-2xx):
+
+=====================================================  ======  ========
+outcome                                                status  retried?
+=====================================================  ======  ========
+the callable returned                                  200     no
+``PermanentTaskFailure``, or a body that is no payload  200     no (logged, dead letter)
+the task's own ``_retry_options`` are exhausted        200     no (logged, dead letter)
+``SingularTaskFailure``                                408     yes
+any other exception, incl. missing code                500     yes
+caller not authenticated                               403     yes
+no certificates to verify tokens with                  503     yes
+method other than POST                                 405     n/a
+body larger than a task (1 MB)                         413     n/a
+malformed ``Content-Length`` or truncated body         400     yes
+=====================================================  ======  ========
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Final
+
+from . import limits
+from .auth import AuthenticationError, CertsUnavailableError
+from .context import TaskInfo, running
+from .deadletters import DeadLetter
+from .errors import PermanentTaskFailure, SingularTaskFailure
+from .payload import describe_callable, load_call, unframe
+from .retry import give_up_reason
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .client import Client
+
+__all__ = ["HEADER_LOG_LEVEL", "Handler", "Outcome", "Response", "outcome_of", "response_for"]
+
+_logger = logging.getLogger(__name__)
+
+#: ``(body, status, headers)``, the triple ``Handler.post`` returns.
+Response = tuple[str, HTTPStatus, list[tuple[str, str]]]
+StartResponse = Callable[..., Any]
+
+_TEXT: Final = ("Content-Type", "text/plain; charset=utf-8")
+
+
+class Outcome(enum.Enum):
+    """What became of one request to the handler."""
+
+    SUCCESS = "Success"
+    PERMANENT_FAILURE = "PermanentTaskFailure"
+    RETRIES_EXHAUSTED = "RetryLimitReached"
+    SINGULAR_FAILURE = "SingularTaskFailure"
+    ERROR = "Error"
+    UNAUTHENTICATED = "Forbidden"
+    AUTH_UNAVAILABLE = "ServiceUnavailable"
+    METHOD_NOT_ALLOWED = "MethodNotAllowed"
+    TOO_LARGE = "PayloadTooLarge"
+    BAD_REQUEST = "BadRequest"
+
+
+_STATUS: Final = {
+    Outcome.SUCCESS: HTTPStatus.OK,
+    Outcome.PERMANENT_FAILURE: HTTPStatus.OK,
+    Outcome.RETRIES_EXHAUSTED: HTTPStatus.OK,
+    Outcome.SINGULAR_FAILURE: HTTPStatus.REQUEST_TIMEOUT,
+    Outcome.ERROR: HTTPStatus.INTERNAL_SERVER_ERROR,
+    Outcome.UNAUTHENTICATED: HTTPStatus.FORBIDDEN,
+    Outcome.AUTH_UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
+    Outcome.METHOD_NOT_ALLOWED: HTTPStatus.METHOD_NOT_ALLOWED,
+    Outcome.TOO_LARGE: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    Outcome.BAD_REQUEST: HTTPStatus.BAD_REQUEST,
+}
+
+
+def response_for(outcome: Outcome, detail: str = "") -> Response:
+    """Maps an outcome to the response Cloud Tasks reads. Pure.
+
+    Args:
+        outcome: What happened.
+        detail: A reason safe to show the caller (e.g. which auth check failed).
+
+    Returns:
+        ``(body, status, headers)``.
+    """
+    headers = [_TEXT]
+    if outcome is Outcome.METHOD_NOT_ALLOWED:
+        headers.append(("Allow", "POST"))
+    body = f"{outcome.value}: {detail}" if detail else outcome.value
+    return body, _STATUS[outcome], headers
+
+
+def outcome_of(error: BaseException | None) -> Outcome:
+    """Classifies how running a task ended. Pure.
+
+    Args:
+        error: What the task raised, or ``None`` if it returned.
+    """
+    if error is None:
+        return Outcome.SUCCESS
+    if isinstance(error, PermanentTaskFailure):
+        return Outcome.PERMANENT_FAILURE
+    if isinstance(error, SingularTaskFailure):
+        return Outcome.SINGULAR_FAILURE
+    return Outcome.ERROR
+
+
+class HeaderLogLevel:
+    """The level at which handlers log task headers.
+
+    Process-wide because the legacy ``deferred.set_log_level`` was; a
+    :class:`Handler` built with ``header_log_level`` ignores it.
+    """
+
+    def __init__(self, level: int = logging.INFO) -> None:
+        self._level = level
+        self._lock = threading.Lock()
+
+    def get(self) -> int:
+        """Returns the level."""
+        return self._level
+
+    def set(self, level: int) -> None:
+        """Sets the level, e.g. ``logging.DEBUG``.
+
+        Raises:
+            TypeError: ``level`` is not an ``int``.
+        """
+        if isinstance(level, bool) or not isinstance(level, int):
+            raise TypeError(f"log level must be an int such as logging.DEBUG, got {level!r}")
+        with self._lock:
+            self._level = level
+
+
+#: The level set by :func:`cloudtasks_deferred.set_log_level` (legacy default INFO).
+HEADER_LOG_LEVEL: Final = HeaderLogLevel()
+
+
+@dataclasses.dataclass
+class _Attempt:
+    outcome: Outcome
+    detail: str = ""
+    error: Exception | None = None
+
+
+class Handler:
+    """Runs deferred tasks: a WSGI app, plus the legacy ``post`` and ``run_from_request``.
+
+    Building one is cheap and does no I/O, so ``Handler().post(environ)`` inside a
+    view is fine.
+
+    Args:
+        settings: Configuration for this handler (and for ``defer`` calls its tasks
+            make). ``None`` uses the current client (see :mod:`cloudtasks_deferred.client`)
+            at request time.
+        client: A client to use instead of building one from ``settings``.
+        header_log_level: Level for logging task headers; ``None`` follows
+            :func:`cloudtasks_deferred.set_log_level`.
+        max_body_bytes: Larger bodies get 413 without being read.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        client: Client | None = None,
+        header_log_level: int | None = None,
+        max_body_bytes: int = limits.MAX_TASK_BYTES,
+    ) -> None:
+        if settings is not None and client is None:
+            from .client import Client
+
+            client = Client(settings)
+        self._client = client
+        self._header_log_level = header_log_level
+        self._max_body_bytes = max_body_bytes
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """The WSGI entry point: answers every path and method (PEP 3333).
+
+        Args:
+            environ: The WSGI environ.
+            start_response: The WSGI ``start_response`` callable.
+
+        Returns:
+            The response body.
+        """
+        if environ.get("REQUEST_METHOD") != "POST":
+            body, status, headers = response_for(Outcome.METHOD_NOT_ALLOWED)
+        else:
+            body, status, headers = self.post(environ)
+        start_response(f"{status.value} {status.phrase}", headers)
+        return [body.encode()]
+
+    def post(self, environ: Mapping[str, Any]) -> Response:
+        """Authenticates and runs the task in a POST request; never raises.
+
+        Call it from the route of a custom ``_url``, e.g. in Flask
+        ``return deferred.Handler().post(request.environ)``.
+
+        Args:
+            environ: The request's WSGI environ (its body not yet read).
+
+        Returns:
+            ``(body, status, headers)`` per the module's status table.
+        """
+        attempt = self._attempt(environ)
+        return response_for(attempt.outcome, attempt.detail)
+
+    def run_from_request(self, environ: Mapping[str, Any]) -> Response:
+        """Like :meth:`post`, but raises what the task raised.
+
+        Args:
+            environ: The request's WSGI environ.
+
+        Returns:
+            ``(body, status, headers)`` when the task succeeded or the request was
+            refused before running anything.
+
+        Raises:
+            PermanentTaskFailure: The task raised it, or the body is not a payload.
+            SingularTaskFailure: The task raised it.
+            Exception: Whatever else the task raised.
+        """
+        attempt = self._attempt(environ)
+        if attempt.error is not None:
+            raise attempt.error
+        return response_for(attempt.outcome, attempt.detail)
+
+    def _attempt(self, environ: Mapping[str, Any]) -> _Attempt:
+        try:
+            client = self._client or _current_client()
+            client.authenticator.authenticate(environ)
+        except AuthenticationError as exc:
+            _logger.warning("refused a task request: %s", exc)
+            return _Attempt(Outcome.UNAUTHENTICATED, str(exc))
+        except CertsUnavailableError as exc:
+            _logger.error("cannot verify task requests: %s", exc)
+            return _Attempt(Outcome.AUTH_UNAVAILABLE, "token verification is unavailable")
+        except Exception:
+            _logger.exception("the task handler is misconfigured")
+            return _Attempt(Outcome.ERROR, "the task handler is misconfigured")
+
+        body_or_refusal = self._read_body(environ)
+        if isinstance(body_or_refusal, _Attempt):
+            return body_or_refusal
+        body = body_or_refusal
+        task = TaskInfo.from_environ(environ)
+        level = self._header_log_level or HEADER_LOG_LEVEL.get()
+        _logger.log(level, "%s", TaskInfo.headers_for_log(environ))
+        return self._run(client, task, body)
+
+    def _read_body(self, environ: Mapping[str, Any]) -> bytes | _Attempt:
+        raw_length = environ.get("CONTENT_LENGTH") or ""
+        stream = environ.get("wsgi.input")
+        if raw_length:
+            if not raw_length.isdigit():
+                return _Attempt(Outcome.BAD_REQUEST, "invalid Content-Length")
+            length = int(raw_length)
+            if length > self._max_body_bytes:
+                return _Attempt(
+                    Outcome.TOO_LARGE, f"a task body is at most {self._max_body_bytes} bytes"
+                )
+        elif environ.get("wsgi.input_terminated"):
+            length = self._max_body_bytes + 1  # chunked: read up to one byte past the limit
+        else:
+            length = 0
+        body = stream.read(length) if stream is not None and length else b""
+        if len(body) > self._max_body_bytes:
+            return _Attempt(
+                Outcome.TOO_LARGE, f"a task body is at most {self._max_body_bytes} bytes"
+            )
+        if raw_length and len(body) < length:
+            return _Attempt(Outcome.BAD_REQUEST, "the body is shorter than its Content-Length")
+        return bytes(body)
+
+    def _run(self, client: Client, task: TaskInfo, body: bytes) -> _Attempt:
+        started = time.monotonic()
+        name: str | None = None
+        metadata: dict[str, Any] = {}
+        error: Exception | None = None
+        try:
+            with client.bind(), running(task), client.ndb_context():
+                metadata, pickled = unframe(body)
+                func, args, kwargs = load_call(pickled)
+                name = describe_callable(func, args)
+                func(*args, **kwargs)
+        except Exception as exc:
+            error = exc
+        outcome = outcome_of(error)
+        elapsed_ms = (time.monotonic() - started) * 1000
+        where = f"task {task.task_name} (queue {task.queue_name}, retry {task.retry_count})"
+        what = name or "an undecodable payload"
+
+        if outcome in (Outcome.SINGULAR_FAILURE, Outcome.ERROR):
+            reason = give_up_reason(
+                metadata.get("retry") or {},
+                retry_count=task.retry_count,
+                age_seconds=_age(metadata, task),
+            )
+            if reason is not None:
+                _logger.error(
+                    "%s: %s failed and will not be retried: %s", where, what, reason, exc_info=error
+                )
+                client.dead_letters.record(
+                    DeadLetter.for_payload(
+                        reason=reason, task=task, callable_name=name, payload=body
+                    )
+                )
+                return _Attempt(Outcome.RETRIES_EXHAUSTED, error=error)
+
+        if outcome is Outcome.SUCCESS:
+            _logger.info("%s: ran %s in %.0f ms", where, what, elapsed_ms)
+        elif outcome is Outcome.PERMANENT_FAILURE:
+            _logger.exception("%s: permanent failure running %s", where, what, exc_info=error)
+            client.dead_letters.record(
+                DeadLetter.for_payload(
+                    reason=f"{type(error).__name__}: {error}",
+                    task=task,
+                    callable_name=name,
+                    payload=body,
+                )
+            )
+        elif outcome is Outcome.SINGULAR_FAILURE:
+            _logger.debug("%s: %s raised SingularTaskFailure; retry forced", where, what)
+        else:
+            _logger.error("%s: %s failed; Cloud Tasks will retry it", where, what, exc_info=error)
+        return _Attempt(outcome, error=error)
+
+
+def _current_client() -> Client:
+    from .client import current_client
+
+    return current_client()
+
+
+def _age(metadata: Mapping[str, Any], task: TaskInfo) -> float | None:
+    start = metadata.get("t0")
+    if isinstance(start, (int, float)) and not isinstance(start, bool):
+        return time.time() - start
+    return time.time() - task.eta.timestamp() if task.eta else None

@@ -1,0 +1,122 @@
+"""``wrap_wsgi_app``: the App Engine bundled-services middleware, for deferred tasks.
+
+Requests to ``/_ah/queue/deferred`` (and any extra ``paths``) go to the task
+:class:`~cloudtasks_deferred.Handler`; every other request goes to the wrapped app.
+Works with any WSGI app: Flask's ``app.wsgi_app``, Django's ``get_wsgi_application()``,
+a bare WSGI callable.
+
+With ``use_legacy_context_mode`` (the default, as in the bundled services) and NDB
+enabled (see ``CLOUDTASKS_DEFERRED_NDB``), requests to the app also run inside an
+NDB context, as legacy code that calls ``Model.get_or_insert`` in a view expects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+from .client import Client, current_client
+from .handler import Handler, StartResponse
+from .options import DEFAULT_URL
+from .settings import Settings
+
+__all__ = ["DeferredMiddleware", "wrap_wsgi_app"]
+
+WSGIApp = Any  # Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+class DeferredMiddleware:
+    """Routes task paths to a handler and everything else to the app.
+
+    Args:
+        app: The wrapped WSGI app.
+        handler: The WSGI app for task requests.
+        paths: Exact ``PATH_INFO`` values routed to ``handler``.
+        client: Bound for every request when given, so ``defer`` in the app and in
+            the tasks uses it; ``None`` follows the current client.
+        ndb_context: Run app requests inside the client's NDB context.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        handler: WSGIApp,
+        paths: Iterable[str],
+        client: Client | None = None,
+        ndb_context: bool = True,
+    ) -> None:
+        self.app = app
+        self.handler = handler
+        self.paths = frozenset(paths)
+        self.client = client
+        self.ndb_context = ndb_context
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """Serves one request (PEP 3333)."""
+        if environ.get("PATH_INFO") in self.paths:
+            result: Iterable[bytes] = self.handler(environ, start_response)
+            return result
+        client = self.client or current_client()
+        with contextlib.ExitStack() as stack:
+            if self.client is not None:
+                stack.enter_context(client.bind())
+            if self.ndb_context:
+                stack.enter_context(client.ndb_context())
+            response: Iterable[bytes] = self.app(environ, start_response)
+        return response
+
+
+def wrap_wsgi_app(
+    app: WSGIApp,
+    use_deferred: bool = True,
+    *,
+    use_legacy_context_mode: bool = True,
+    paths: Iterable[str] = (),
+    handler: Handler | None = None,
+    settings: Settings | None = None,
+    client: Client | None = None,
+) -> WSGIApp:
+    """Wraps a WSGI app so that it also serves deferred tasks.
+
+    Replaces ``google.appengine.api.wrap_wsgi_app``::
+
+        app.wsgi_app = wrap_wsgi_app(app.wsgi_app, use_deferred=True)   # Flask
+        application = wrap_wsgi_app(get_wsgi_application())            # Django
+
+    Args:
+        app: The WSGI app.
+        use_deferred: Route ``/_ah/queue/deferred`` (and ``paths``) to the task
+            handler. ``False`` leaves task routing to you.
+        use_legacy_context_mode: Run the app's requests in an NDB context when NDB
+            is enabled, as bundled-services NDB code expects.
+        paths: More exact paths to route to the task handler, e.g. the ``_url``
+            values your code passes to ``defer``.
+        handler: The task handler; a :class:`Handler` for ``client`` when ``None``.
+        settings: Configuration for the handler and for ``defer`` in the app's
+            requests; the environment's when ``None`` (and ``client`` is ``None``).
+        client: A ready client instead of ``settings``.
+
+    Returns:
+        The wrapped WSGI app.
+
+    Raises:
+        TypeError: ``app`` is not callable, or a path does not start with ``/``.
+    """
+    if not callable(app):
+        raise TypeError(f"wrap_wsgi_app needs a WSGI callable, got {type(app).__name__}")
+    extra = tuple(paths)
+    for path in extra:
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise TypeError(f"wrap_wsgi_app paths must be strings starting with '/', got {path!r}")
+    if client is None and settings is not None:
+        client = Client(settings)
+    routes = (DEFAULT_URL, *extra) if use_deferred else ()
+    return DeferredMiddleware(
+        app,
+        handler=handler or Handler(client=client),
+        paths=routes,
+        client=client,
+        ndb_context=use_legacy_context_mode,
+    )

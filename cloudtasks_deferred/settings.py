@@ -1,0 +1,329 @@
+"""Configuration: one frozen :class:`Settings` object, read from the environment in one place.
+
+:meth:`Settings.from_env` is the only code in the library that reads environment
+variables. Apps and tests may build a :class:`Settings` directly instead; both
+paths validate every value and name the variable and the field in their errors.
+
+========================================  ==================================================
+variable                                  meaning (default)
+========================================  ==================================================
+``GOOGLE_CLOUD_PROJECT``                  project ID (App Engine sets it; elsewhere the
+                                          metadata server / application default credentials)
+``CLOUDTASKS_DEFERRED_LOCATION``          Cloud Tasks location, e.g. ``us-central1``
+                                          (required outside App Engine)
+``CLOUDTASKS_DEFERRED_QUEUE``             default queue (``default``)
+``CLOUDTASKS_DEFERRED_BASE_URL``          base URL of the service that runs HTTP tasks
+                                          (your Cloud Run URL); unset on App Engine means
+                                          App Engine targets
+``CLOUDTASKS_DEFERRED_SERVICE_ACCOUNT``   email Cloud Tasks signs OIDC tokens as
+``CLOUDTASKS_DEFERRED_AUDIENCE``          comma-separated audiences the handler accepts
+                                          (the base URL's origin)
+``CLOUDTASKS_DEFERRED_ALLOWED_INVOKERS``  comma-separated emails the handler accepts
+                                          (the service account)
+``CLOUDTASKS_DEFERRED_OIDC_CERTS_URL``    where token-signing certs are fetched (Google's)
+``CLOUD_TASKS_EMULATOR_HOST``             ``host:port`` of a Cloud Tasks emulator
+``CLOUDTASKS_DEFERRED_DEV_MODE``          ``true`` to sign tasks with a local key (off;
+                                          refused on App Engine and Cloud Run)
+``CLOUDTASKS_DEFERRED_DEV_KEY_FILE``      the local key's PEM file
+                                          (``~/.cache/cloudtasks-deferred/dev-key.pem``)
+``CLOUDTASKS_DEFERRED_NDB``               ``true``/``false``/``auto``: run tasks and wrapped
+                                          requests in an NDB context (``auto``: when
+                                          google-cloud-ndb is installed)
+========================================  ==================================================
+
+The platform is detected from the variables the platforms set: ``GAE_ENV=standard``
+(App Engine standard; also ``GAE_SERVICE``, ``GAE_VERSION``, ``GAE_APPLICATION``),
+``K_SERVICE`` or ``CLOUD_RUN_JOB`` (Cloud Run); anything else is local.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
+
+from . import limits
+from .errors import ConfigurationError
+
+__all__ = ["GOOGLE_OIDC_CERTS_URL", "Platform", "Settings", "origin", "queue_path"]
+
+#: Google's certificates for the ID tokens Cloud Tasks attaches to HTTP tasks.
+GOOGLE_OIDC_CERTS_URL: Final = "https://www.googleapis.com/oauth2/v1/certs"
+
+_PREFIX = "CLOUDTASKS_DEFERRED_"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_LOCATION = re.compile(r"[a-z][a-z0-9-]*[a-z0-9]")
+_PROJECT = re.compile(r"[a-z0-9.:-]+")
+_EMAIL = re.compile(r"[^@\s,]+@[^@\s,]+")
+_LOOPBACK_NAMES = frozenset({"localhost"})
+
+# Settings field -> the variable it is read from, so every error can name both.
+_ENV_NAMES: Final = {
+    "project": "GOOGLE_CLOUD_PROJECT",
+    "location": f"{_PREFIX}LOCATION",
+    "queue": f"{_PREFIX}QUEUE",
+    "base_url": f"{_PREFIX}BASE_URL",
+    "service_account": f"{_PREFIX}SERVICE_ACCOUNT",
+    "audiences": f"{_PREFIX}AUDIENCE",
+    "allowed_invokers": f"{_PREFIX}ALLOWED_INVOKERS",
+    "oidc_certs_url": f"{_PREFIX}OIDC_CERTS_URL",
+    "emulator_host": "CLOUD_TASKS_EMULATOR_HOST",
+    "dev_mode": f"{_PREFIX}DEV_MODE",
+    "dev_key_file": f"{_PREFIX}DEV_KEY_FILE",
+    "ndb": f"{_PREFIX}NDB",
+}
+
+
+class Platform(enum.Enum):
+    """Where the process runs, as told by the variables each platform sets."""
+
+    APP_ENGINE = "app-engine"
+    CLOUD_RUN = "cloud-run"
+    LOCAL = "local"
+
+    @classmethod
+    def detect(cls, environ: Mapping[str, str]) -> Platform:
+        """Returns the platform ``environ`` describes.
+
+        Args:
+            environ: Environment variables, e.g. ``os.environ``.
+        """
+        if environ.get("GAE_ENV") == "standard":
+            return cls.APP_ENGINE
+        if environ.get("K_SERVICE") or environ.get("CLOUD_RUN_JOB"):
+            return cls.CLOUD_RUN
+        return cls.LOCAL
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the library needs to enqueue and to authenticate tasks.
+
+    Build one with :meth:`from_env`, or directly for tests and apps that configure
+    themselves; :func:`dataclasses.replace` derives variants. Values are validated
+    on construction.
+
+    Attributes:
+        project: Google Cloud project ID. ``None`` resolves it from application
+            default credentials (the metadata server on Google Cloud) on first enqueue.
+        location: Cloud Tasks location such as ``"us-central1"``. ``None`` on App
+            Engine resolves it from the metadata server; elsewhere enqueueing fails
+            with a :class:`ConfigurationError`.
+        queue: Queue ID used when ``defer`` gets no ``_queue``.
+        base_url: ``http(s)://host[:port][/path]`` of the service that runs HTTP
+            tasks (the Cloud Run URL). With it, tasks are HTTP tasks with an OIDC
+            token; without it on App Engine, they are App Engine tasks.
+        service_account: Email of the service account whose OIDC token Cloud Tasks
+            attaches to HTTP tasks (needs ``roles/iam.serviceAccountUser`` for the
+            enqueuer).
+        audiences: Audiences the handler accepts in tokens; the first is the one
+            tasks request. Empty means the origin of ``base_url``.
+        allowed_invokers: Service-account emails the handler accepts as callers.
+            Empty means ``service_account``.
+        oidc_certs_url: URL of the JSON ``{key id: certificate}`` map used to verify
+            tokens. Must be ``https`` except on loopback (tests).
+        emulator_host: ``host:port`` of a Cloud Tasks emulator; enqueueing then uses
+            an insecure gRPC channel.
+        platform: Where the process runs; decides whether App Engine queue headers
+            can be trusted.
+        app_engine_service: ``GAE_SERVICE``: App Engine tasks are routed back to it.
+        app_engine_version: ``GAE_VERSION``: App Engine tasks are routed back to it.
+        dev_mode: Sign tasks with a local key and accept only that key, for local
+            development against the emulator. Refused on App Engine and Cloud Run.
+        dev_key_file: PEM file holding the local key, created on first use. ``None``
+            uses a key generated for this process only.
+        ndb: Whether tasks (and requests through ``wrap_wsgi_app``) run in an NDB
+            context: ``True``, ``False``, or ``None`` for "when google-cloud-ndb is
+            installed".
+
+    Raises:
+        ConfigurationError: A value is invalid; the message names the field and its
+            environment variable.
+    """
+
+    project: str | None = None
+    location: str | None = None
+    queue: str = "default"
+    base_url: str | None = None
+    service_account: str | None = None
+    audiences: tuple[str, ...] = ()
+    allowed_invokers: tuple[str, ...] = ()
+    oidc_certs_url: str = GOOGLE_OIDC_CERTS_URL
+    emulator_host: str | None = None
+    platform: Platform = Platform.LOCAL
+    app_engine_service: str | None = None
+    app_engine_version: str | None = None
+    dev_mode: bool = False
+    dev_key_file: Path | None = None
+    ndb: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.project is not None:
+            _check(_PROJECT.fullmatch(self.project), "project", "a project ID like my-project")
+        if self.location is not None:
+            _check(_LOCATION.fullmatch(self.location), "location", "a location like us-central1")
+        _check(
+            limits.QUEUE_ID.fullmatch(self.queue),
+            "queue",
+            "a queue ID of letters, digits and hyphens (at most 100)",
+        )
+        if self.base_url is not None:
+            _check_base_url(self.base_url)
+        if self.service_account is not None:
+            _check(_EMAIL.fullmatch(self.service_account), "service_account", "an email")
+        for audience in self.audiences:
+            _check(audience.strip() == audience != "", "audiences", "non-empty strings")
+        for invoker in self.allowed_invokers:
+            _check(_EMAIL.fullmatch(invoker), "allowed_invokers", "emails")
+        _check_certs_url(self.oidc_certs_url)
+        if self.emulator_host is not None:
+            host, _, port = self.emulator_host.rpartition(":")
+            _check(host and port.isdigit(), "emulator_host", "host:port, e.g. 127.0.0.1:8123")
+        if self.dev_mode and self.platform is not Platform.LOCAL:
+            raise ConfigurationError(
+                f"dev mode ({_ENV_NAMES['dev_mode']}) signs tasks with a local key and "
+                f"refuses to switch on on {self.platform.value} (GAE_ENV, K_SERVICE or "
+                "CLOUD_RUN_JOB is set): unset it in the deployed service."
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Reads the settings from environment variables (see the module docstring).
+
+        Args:
+            environ: The variables to read; ``os.environ`` when ``None``. Empty
+                values count as unset.
+
+        Returns:
+            The validated settings.
+
+        Raises:
+            ConfigurationError: A variable holds an invalid value; the message names it.
+        """
+        env = {k: v.strip() for k, v in (os.environ if environ is None else environ).items()}
+
+        def get(field: str) -> str | None:
+            return env.get(_ENV_NAMES[field]) or None
+
+        platform = Platform.detect(env)
+        dev_key = get("dev_key_file")
+        return cls(
+            project=get("project") or _project_from_gae_application(env.get("GAE_APPLICATION")),
+            location=get("location"),
+            queue=get("queue") or "default",
+            base_url=get("base_url"),
+            service_account=get("service_account"),
+            audiences=_csv(get("audiences")),
+            allowed_invokers=_csv(get("allowed_invokers")),
+            oidc_certs_url=get("oidc_certs_url") or GOOGLE_OIDC_CERTS_URL,
+            emulator_host=get("emulator_host"),
+            platform=platform,
+            app_engine_service=env.get("GAE_SERVICE") or None,
+            app_engine_version=env.get("GAE_VERSION") or None,
+            dev_mode=_flag("dev_mode", get("dev_mode"), default=False) or False,
+            dev_key_file=Path(dev_key) if dev_key else _default_dev_key_file(env),
+            ndb=_flag("ndb", get("ndb"), default=None, allow_auto=True),
+        )
+
+    @property
+    def effective_audiences(self) -> tuple[str, ...]:
+        """The audiences tokens may carry: :attr:`audiences`, else the base URL's origin."""
+        if self.audiences:
+            return self.audiences
+        return (origin(self.base_url),) if self.base_url else ()
+
+    @property
+    def effective_invokers(self) -> tuple[str, ...]:
+        """The caller emails the handler accepts: :attr:`allowed_invokers`, else the
+        service account."""
+        if self.allowed_invokers:
+            return self.allowed_invokers
+        return (self.service_account,) if self.service_account else ()
+
+
+def queue_path(project: str, location: str, queue: str) -> str:
+    """Returns the queue's full resource name, ``projects/P/locations/L/queues/Q``."""
+    return f"projects/{project}/locations/{location}/queues/{queue}"
+
+
+def origin(url: str) -> str:
+    """Returns ``scheme://host[:port]`` of ``url``: the default OIDC audience.
+
+    Args:
+        url: An absolute ``http(s)`` URL.
+    """
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _check(ok: object, field: str, expected: str) -> None:
+    if not ok:
+        raise ConfigurationError(f"Settings.{field} ({_ENV_NAMES[field]}) must be {expected}.")
+
+
+def _check_base_url(url: str) -> None:
+    parts = urlsplit(url)
+    _check(
+        parts.scheme in ("http", "https") and parts.hostname,
+        "base_url",
+        "an absolute http(s) URL such as https://my-service-abc123-uc.a.run.app",
+    )
+    # The audience Cloud Tasks signs must equal what the handler expects; a query or
+    # fragment would be part of neither, so it is refused rather than dropped.
+    _check(not parts.query and not parts.fragment, "base_url", "a URL without ?query or #fragment")
+
+
+def _check_certs_url(url: str) -> None:
+    parts = urlsplit(url)
+    loopback = parts.hostname in _LOOPBACK_NAMES or _is_loopback_ip(parts.hostname)
+    _check(
+        parts.scheme == "https" or (parts.scheme == "http" and loopback),
+        "oidc_certs_url",
+        "an https URL (plain http is accepted only on loopback, for tests)",
+    )
+
+
+def _is_loopback_ip(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(item.strip() for item in (value or "").split(",") if item.strip())
+
+
+def _flag(
+    field: str, value: str | None, *, default: bool | None, allow_auto: bool = False
+) -> bool | None:
+    if value is None:
+        return default
+    lowered = value.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    if allow_auto and lowered == "auto":
+        return None
+    choices = "true/false" + ("/auto" if allow_auto else "")
+    raise ConfigurationError(f"{_ENV_NAMES[field]}={value!r}: expected {choices}.")
+
+
+def _project_from_gae_application(value: str | None) -> str | None:
+    # GAE_APPLICATION is "<region prefix>~<project>", e.g. "s~my-project".
+    return value.partition("~")[2] or value if value else None
+
+
+def _default_dev_key_file(env: Mapping[str, str]) -> Path | None:
+    cache = env.get("XDG_CACHE_HOME") or (
+        str(Path(env["HOME"]) / ".cache") if env.get("HOME") else None
+    )
+    return Path(cache) / "cloudtasks-deferred" / "dev-key.pem" if cache else None
