@@ -159,11 +159,14 @@ class CloudTasksEmulator(_Process):
     @staticmethod
     def available(python: str | None = None) -> bool:
         """Whether ``gcloud_tasks_emulator`` is importable by ``python``."""
-        result = subprocess.run(  # noqa: S603 - argv built here, no shell
-            [python or sys.executable, "-c", "import gcloud_tasks_emulator.server"],
-            capture_output=True,
-            check=False,
-        )
+        try:
+            result = subprocess.run(  # noqa: S603 - argv built here, no shell
+                [python or sys.executable, "-c", "import gcloud_tasks_emulator.server"],
+                capture_output=True,
+                check=False,
+            )
+        except OSError:
+            return False
         return result.returncode == 0
 
 

@@ -1,0 +1,55 @@
+"""Shared fixtures: an isolated environment for every test, and real signed tokens."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from cloudtasks_deferred.client import default_client
+from tests.oidc import CertsServer, Issuer
+from tests.tasks import RECORDER
+
+_VARIABLES = (
+    "GOOGLE_CLOUD_PROJECT",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "CLOUD_TASKS_EMULATOR_HOST",
+    "DATASTORE_EMULATOR_HOST",
+    "DATASTORE_PROJECT_ID",
+    "GAE_ENV",
+    "GAE_SERVICE",
+    "GAE_VERSION",
+    "GAE_APPLICATION",
+    "K_SERVICE",
+    "K_REVISION",
+    "CLOUD_RUN_JOB",
+)
+
+
+@pytest.fixture(autouse=True)
+def isolate_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test sees the developer's environment, the default client, or old calls."""
+    for name in list(os.environ):
+        if name.startswith("CLOUDTASKS_DEFERRED_") or name in _VARIABLES:
+            monkeypatch.delenv(name)
+    # google-auth must not find real credentials on a developer's machine.
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/credentials.json")
+    monkeypatch.setenv("NO_GCE_CHECK", "true")
+    default_client.cache_clear()
+    RECORDER.clear()
+    yield
+    default_client.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def issuer() -> Issuer:
+    """A token issuer with a real RSA key (generated once per session)."""
+    return Issuer()
+
+
+@pytest.fixture
+def certs_server(issuer: Issuer) -> Iterator[CertsServer]:
+    """The issuer's certificates served over HTTP on loopback."""
+    with CertsServer(issuer.certs).running() as server:
+        yield server

@@ -1,0 +1,132 @@
+"""Deferrable callables for the tests: module level, so pickle can find them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from cloudtasks_deferred import PermanentTaskFailure, SingularTaskFailure, current_task
+
+
+class Recorder:
+    """Thread-safe record of task calls, with waiting for the emulator's deliveries."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.calls: list[tuple[str, Any]] = []
+
+    def add(self, name: str, value: Any = None) -> None:
+        with self._cond:
+            self.calls.append((name, value))
+            self._cond.notify_all()
+
+    def clear(self) -> None:
+        with self._cond:
+            self.calls.clear()
+
+    def named(self, name: str) -> list[Any]:
+        with self._cond:
+            return [value for called, value in self.calls if called == name]
+
+    def wait_for(self, name: str, count: int = 1, timeout: float = 20.0) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len([c for c, _ in self.calls if c == name]) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"{name} ran {self.calls!r}, expected {count} call(s)")
+                self._cond.wait(remaining)
+            return [value for called, value in self.calls if called == name]
+
+
+RECORDER = Recorder()
+
+
+def record(value: Any = None, **kwargs: Any) -> str:
+    RECORDER.add("record", (value, kwargs) if kwargs else value)
+    return "recorded"
+
+
+def record_task_info() -> None:
+    RECORDER.add("task_info", current_task())
+
+
+def fail_permanently() -> None:
+    RECORDER.add("fail_permanently")
+    raise PermanentTaskFailure("this task cannot succeed")
+
+
+def fail_once_then_record(key: str) -> None:
+    info = current_task()
+    RECORDER.add("attempt", info.retry_count if info else None)
+    if info is None or not info.retry_count:
+        raise SingularTaskFailure("first attempt")
+    RECORDER.add("fail_once_then_record", key)
+
+
+def always_singular() -> None:
+    RECORDER.add("always_singular")
+    raise SingularTaskFailure("again")
+
+
+def crash() -> None:
+    RECORDER.add("crash")
+    raise RuntimeError("boom")
+
+
+def defer_another(value: Any) -> None:
+    from cloudtasks_deferred import deferred
+
+    deferred.defer(record, value)
+
+
+def canary(*args: Any) -> None:
+    """Called by unpickling a Canary: proves a payload was unpickled."""
+    RECORDER.add("canary", args)
+
+
+class Canary:
+    """Unpickling an instance calls canary(): a payload that must never be unpickled."""
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return canary, ("unpickled",)
+
+
+class Counter:
+    """A callable object, with methods of every kind."""
+
+    def __init__(self, start: int = 0) -> None:
+        self.start = start
+
+    def __call__(self, amount: int) -> int:
+        RECORDER.add("call", self.start + amount)
+        return self.start + amount
+
+    def add(self, amount: int) -> int:
+        RECORDER.add("method", self.start + amount)
+        return self.start + amount
+
+    @classmethod
+    def make(cls, start: int) -> int:
+        RECORDER.add("classmethod", start)
+        return start
+
+    @staticmethod
+    def double(value: int) -> int:
+        RECORDER.add("staticmethod", value * 2)
+        return value * 2
+
+    def __secret(self) -> str:
+        RECORDER.add("private", self.start)
+        return "secret"
+
+    def secret_method(self) -> Any:
+        return self.__secret
+
+
+class Point:
+    """A class whose construction is the task."""
+
+    def __init__(self, x: int, y: int) -> None:
+        RECORDER.add("Point", (x, y))

@@ -1,0 +1,51 @@
+"""The cloudtasks-deferred command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from cloudtasks_deferred import __version__, cli
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out.strip() == f"cloudtasks-deferred {__version__}"
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 1
+    assert "emulator" in capsys.readouterr().out
+
+
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["emulator", "--help"])
+    assert caught.value.code == 0
+    assert "127.0.0.1" in capsys.readouterr().out
+
+
+def test_unknown_arguments_are_usage_errors() -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["emulator", "--nope"])
+    assert caught.value.code == 2
+
+
+def test_emulator_missing_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["emulator", "--python", sys.executable + "-missing"]) == 3
+    assert "pip install --no-deps gcloud-tasks-emulator" in capsys.readouterr().err
+
+
+def test_console_script_is_installed() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cloudtasks_deferred.cli", "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert __version__ in result.stdout

@@ -1,0 +1,225 @@
+"""Client.defer: options, metadata, errors from the service, settings resolution."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+from typing import Any
+
+import pytest
+from google.api_core import exceptions
+from google.cloud import tasks_v2
+
+from cloudtasks_deferred import (
+    Client,
+    ConfigurationError,
+    Settings,
+    TaskAlreadyExistsError,
+    TaskRetryOptions,
+    TombstonedTaskError,
+    deferred,
+)
+from cloudtasks_deferred.client import current_client, default_client
+from cloudtasks_deferred.payload import unframe
+from cloudtasks_deferred.retry import RetryOptionsWarning
+from cloudtasks_deferred.settings import Platform
+from cloudtasks_deferred.transports.cloud_tasks import CloudTasksTransport, shared_client
+from cloudtasks_deferred.transports.memory import InMemoryTransport
+from tests import tasks
+
+SETTINGS = Settings(
+    project="p",
+    location="us-central1",
+    base_url="https://svc.example",
+    service_account="t@p.iam.gserviceaccount.com",
+    ndb=False,
+)
+
+
+class Refusing:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def create_task(self, parent: str, task: tasks_v2.Task) -> tasks_v2.Task:
+        raise self.error
+
+
+def client(transport: Any = None, **changes: Any) -> Client:
+    return Client(
+        dataclasses.replace(SETTINGS, **changes), transport=transport or InMemoryTransport()
+    )
+
+
+def test_defer_returns_the_created_task_in_the_default_queue() -> None:
+    task = client().defer(tasks.record, 1)
+    assert task.name.startswith("projects/p/locations/us-central1/queues/default/tasks/")
+
+
+def test_queue_option_and_setting() -> None:
+    assert "/queues/mail/" in client().defer(tasks.record, _queue="mail").name
+    assert "/queues/bulk/" in client(queue="bulk").defer(tasks.record).name
+
+
+def test_retry_options_travel_in_the_frame() -> None:
+    task = client().defer(
+        tasks.record, _retry_options=TaskRetryOptions(task_retry_limit=3), _countdown=10
+    )
+    metadata, _ = unframe(task.http_request.body)
+    assert metadata["retry"] == {"task_retry_limit": 3}
+    assert metadata["t0"] == pytest.approx(task.schedule_time.timestamp(), abs=0.01)
+
+
+def test_no_metadata_without_retry_options() -> None:
+    metadata, _ = unframe(client().defer(tasks.record).http_request.body)
+    assert metadata == {}
+
+
+def test_backoff_retry_options_warn_that_the_queue_decides() -> None:
+    with pytest.warns(RetryOptionsWarning, match="min_backoff_seconds, max_doublings"):
+        client().defer(
+            tasks.record, _retry_options=TaskRetryOptions(min_backoff_seconds=1, max_doublings=2)
+        )
+
+
+def test_retry_limits_alone_do_not_warn() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        client().defer(tasks.record, _retry_options=TaskRetryOptions(task_age_limit=60))
+
+
+def test_transactional_is_refused_rather_than_enqueued_outside_the_transaction() -> None:
+    transport = InMemoryTransport()
+    with pytest.raises(
+        NotImplementedError, match="would enqueue even if the transaction rolls back"
+    ):
+        client(transport).defer(tasks.record, _transactional=True)
+    assert transport.tasks == []
+
+
+def test_serialization_errors_happen_before_anything_is_sent() -> None:
+    transport = InMemoryTransport()
+    with pytest.raises(Exception, match="lambda"):
+        client(transport).defer(lambda: None)
+    assert transport.tasks == []
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ("Requested entity already exists", TaskAlreadyExistsError),
+        (
+            "The task cannot be created because a task with this name existed too recently.",
+            TombstonedTaskError,
+        ),
+    ],
+)
+def test_already_exists_maps_to_the_legacy_errors(message: str, error: type[Exception]) -> None:
+    with pytest.raises(error) as caught:
+        client(Refusing(exceptions.AlreadyExists(message))).defer(tasks.record, _name="n1")
+    assert "tasks/n1" in str(caught.value)
+    assert isinstance(caught.value, TaskAlreadyExistsError)
+
+
+@pytest.mark.parametrize(
+    ("error", "note"),
+    [
+        (exceptions.NotFound("Queue does not exist."), "check that the queue"),
+        (exceptions.FailedPrecondition("Queue x does not exist."), "check that the queue"),
+        (exceptions.PermissionDenied("denied"), "roles/cloudtasks.enqueuer"),
+    ],
+)
+def test_service_errors_propagate_with_a_note(error: Exception, note: str) -> None:
+    with pytest.raises(type(error)) as caught:
+        client(Refusing(error)).defer(tasks.record)
+    assert any(note in n for n in caught.value.__notes__)
+
+
+def test_other_service_errors_propagate_unchanged() -> None:
+    with pytest.raises(exceptions.InternalServerError):
+        client(Refusing(exceptions.InternalServerError("oops"))).defer(tasks.record)
+
+
+def test_missing_location_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="CLOUDTASKS_DEFERRED_LOCATION is not set"):
+        client(location=None).defer(tasks.record)
+
+
+def test_missing_project_without_credentials_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="set GOOGLE_CLOUD_PROJECT"):
+        client(project=None).defer(tasks.record)
+
+
+def test_project_comes_from_application_default_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import google.auth
+
+    monkeypatch.setattr(google.auth, "default", lambda: (object(), "adc-project"))
+    assert client(project=None).queue_path() == (
+        "projects/adc-project/locations/us-central1/queues/default"
+    )
+
+
+def test_app_engine_location_comes_from_the_metadata_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cloudtasks_deferred import client as client_module
+
+    monkeypatch.setattr(client_module, "_metadata_region", lambda: "europe-west1")
+    settings = Settings(project="p", platform=Platform.APP_ENGINE)
+    assert Client(settings).queue_path("q") == "projects/p/locations/europe-west1/queues/q"
+
+
+def test_the_default_transport_is_cloud_tasks_on_the_configured_emulator() -> None:
+    transport = Client(dataclasses.replace(SETTINGS, emulator_host="127.0.0.1:9")).transport
+    assert isinstance(transport, CloudTasksTransport)
+    assert transport.client is shared_client("127.0.0.1:9")
+
+
+def test_default_client_reads_the_environment_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOUDTASKS_DEFERRED_QUEUE", "first")
+    assert current_client().settings.queue == "first"
+    monkeypatch.setenv("CLOUDTASKS_DEFERRED_QUEUE", "second")
+    assert current_client() is default_client()
+    assert current_client().settings.queue == "first"
+
+
+def test_bind_is_scoped_to_the_block() -> None:
+    mine = client()
+    with mine.bind():
+        assert current_client() is mine
+        with client().bind() as inner:
+            assert current_client() is inner
+        assert current_client() is mine
+    assert current_client() is not mine
+
+
+def test_module_defer_uses_the_bound_client() -> None:
+    transport = InMemoryTransport()
+    with client(transport).bind():
+        deferred.defer(tasks.record, "bound")
+    assert len(transport.tasks) == 1
+
+
+def test_ndb_context_off_is_a_no_op() -> None:
+    with client(ndb=False).ndb_context() as context:
+        assert context is None
+
+
+def test_ndb_context_auto_without_configuration_warns_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    auto = client(ndb=None)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            with auto.ndb_context():
+                pass
+    warnings_logged = [r for r in caplog.records if "cannot open an NDB context" in r.getMessage()]
+    assert len(warnings_logged) == 1
+    assert "DATASTORE_EMULATOR_HOST" in warnings_logged[0].getMessage()
+
+
+def test_ndb_context_on_without_configuration_is_an_error() -> None:
+    with pytest.raises(ConfigurationError, match="cannot open an NDB context"):
+        client(ndb=True).ndb_context()

@@ -1,0 +1,417 @@
+"""The handler: every row of the status table, authentication before reading, context."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from http import HTTPStatus
+from typing import Any
+
+import pytest
+
+from cloudtasks_deferred import (
+    Client,
+    Handler,
+    PermanentTaskFailure,
+    Settings,
+    SingularTaskFailure,
+    TaskRetryOptions,
+    current_task,
+    deferred,
+)
+from cloudtasks_deferred.auth import authenticator_for
+from cloudtasks_deferred.auth.certs import CachedCerts, StaticCerts
+from cloudtasks_deferred.deadletters import InMemoryDeadLetters
+from cloudtasks_deferred.handler import Outcome, outcome_of, response_for
+from cloudtasks_deferred.payload import (
+    FRAME_MAGIC,
+    InvalidPayloadError,
+    UnsupportedPayloadError,
+    frame,
+    serialize,
+)
+from cloudtasks_deferred.transports.memory import InMemoryTransport
+from tests import tasks
+from tests.oidc import AUDIENCE, INVOKER, Issuer
+from tests.tasks import RECORDER
+from tests.wsgi import call, environ
+
+SETTINGS = Settings(
+    project="p",
+    location="us-central1",
+    base_url=AUDIENCE,
+    service_account=INVOKER,
+    ndb=False,
+)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status"),
+    [
+        (Outcome.SUCCESS, 200),
+        (Outcome.PERMANENT_FAILURE, 200),
+        (Outcome.RETRIES_EXHAUSTED, 200),
+        (Outcome.SINGULAR_FAILURE, 408),
+        (Outcome.ERROR, 500),
+        (Outcome.UNAUTHENTICATED, 403),
+        (Outcome.AUTH_UNAVAILABLE, 503),
+        (Outcome.METHOD_NOT_ALLOWED, 405),
+        (Outcome.TOO_LARGE, 413),
+        (Outcome.BAD_REQUEST, 400),
+    ],
+)
+def test_status_table(outcome: Outcome, status: int) -> None:
+    body, got, headers = response_for(outcome)
+    assert got == status
+    assert body == outcome.value
+    assert ("Content-Type", "text/plain; charset=utf-8") in headers
+    assert (("Allow", "POST") in headers) is (outcome is Outcome.METHOD_NOT_ALLOWED)
+
+
+def test_detail_goes_in_the_body() -> None:
+    assert response_for(Outcome.UNAUTHENTICATED, "the token has expired")[0] == (
+        "Forbidden: the token has expired"
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "outcome"),
+    [
+        (None, Outcome.SUCCESS),
+        (PermanentTaskFailure("x"), Outcome.PERMANENT_FAILURE),
+        (InvalidPayloadError("x"), Outcome.PERMANENT_FAILURE),
+        (SingularTaskFailure("x"), Outcome.SINGULAR_FAILURE),
+        (RuntimeError("x"), Outcome.ERROR),
+        (ImportError("x"), Outcome.ERROR),
+        (UnsupportedPayloadError("x"), Outcome.ERROR),
+    ],
+)
+def test_outcome_of(error: BaseException | None, outcome: Outcome) -> None:
+    assert outcome_of(error) is outcome
+
+
+@pytest.fixture
+def client(issuer: Issuer) -> Client:
+    return Client(
+        SETTINGS,
+        transport=InMemoryTransport(),
+        authenticator=authenticator_for(SETTINGS, certs=StaticCerts(issuer.certs)),
+        dead_letters=InMemoryDeadLetters(),
+    )
+
+
+@pytest.fixture
+def handler(client: Client) -> Handler:
+    return Handler(client=client)
+
+
+@pytest.fixture
+def auth(issuer: Issuer) -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {issuer.token()}",
+        "X-CloudTasks-QueueName": "default",
+        "X-CloudTasks-TaskName": "task-1",
+        "X-CloudTasks-TaskRetryCount": "0",
+        "X-CloudTasks-TaskExecutionCount": "0",
+        "X-CloudTasks-TaskETA": "1767225600.5",
+    }
+
+
+def payload(func: Any, *args: Any, _meta: dict[str, Any] | None = None, **kwargs: Any) -> bytes:
+    return frame(serialize(func, *args, **kwargs), _meta)
+
+
+def test_success(handler: Handler, auth: dict[str, str]) -> None:
+    response = call(handler, environ(payload(tasks.record, 42), headers=auth))
+    assert (response.code, response.body) == (200, b"Success")
+    assert RECORDER.named("record") == [42]
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "HEAD", "OPTIONS", "DELETE", "PATCH"])
+def test_other_methods_get_405_on_every_path(
+    handler: Handler, auth: dict[str, str], method: str
+) -> None:
+    env = environ(pickle.dumps(tasks.Canary()), method=method, path="/anything", headers=auth)
+    response = call(handler, env)
+    assert response.code == 405
+    assert response.header("Allow") == "POST"
+    assert env["wsgi.input"].reads == 0
+
+
+def test_unauthenticated_requests_get_403_and_nothing_is_read_or_unpickled(
+    handler: Handler,
+) -> None:
+    body = pickle.dumps((tasks.canary, (), {}))  # would call canary if unpickled
+    env = environ(body + pickle.dumps(tasks.Canary()))
+    response = call(handler, env)
+    assert response.code == 403
+    assert response.body == b"Forbidden: the request has no Authorization: Bearer token"
+    assert env["wsgi.input"].reads == 0
+    assert RECORDER.named("canary") == []
+
+
+def test_spoofed_queue_headers_off_app_engine_get_403(handler: Handler) -> None:
+    env = environ(
+        pickle.dumps(tasks.Canary()),
+        headers={"X-AppEngine-QueueName": "default", "X-CloudTasks-QueueName": "default"},
+    )
+    assert call(handler, env).code == 403
+    assert env["wsgi.input"].reads == 0
+    assert RECORDER.named("canary") == []
+
+
+def test_bad_token_gets_403_naming_the_check(handler: Handler, issuer: Issuer) -> None:
+    env = environ(
+        payload(tasks.record), headers={"Authorization": f"Bearer {issuer.token(aud='x')}"}
+    )
+    response = call(handler, env)
+    assert response.code == 403
+    assert response.body == b"Forbidden: the token audience is not this service"
+    assert env["wsgi.input"].reads == 0
+
+
+def test_oversized_body_gets_413_unread(handler: Handler, auth: dict[str, str]) -> None:
+    env = environ(b"x", headers=auth, content_length=str(1024 * 1024 + 1))
+    response = call(handler, env)
+    assert response.code == 413
+    assert env["wsgi.input"].reads == 0
+
+
+def test_chunked_body_over_the_limit_gets_413(client: Client, auth: dict[str, str]) -> None:
+    env = environ(b"x" * 200, headers=auth, content_length="")
+    env["wsgi.input_terminated"] = True
+    assert call(Handler(client=client, max_body_bytes=100), env).code == 413
+
+
+def test_chunked_body_within_the_limit_runs(handler: Handler, auth: dict[str, str]) -> None:
+    env = environ(payload(tasks.record, "chunked"), headers=auth, content_length="")
+    env["wsgi.input_terminated"] = True
+    assert call(handler, env).code == 200
+    assert RECORDER.named("record") == ["chunked"]
+
+
+@pytest.mark.parametrize(
+    ("content_length", "detail"),
+    [
+        ("abc", b"invalid Content-Length"),
+        ("-5", b"invalid Content-Length"),
+        ("9999", b"shorter than its Content-Length"),
+    ],
+)
+def test_malformed_lengths_get_400(
+    handler: Handler, auth: dict[str, str], content_length: str, detail: bytes
+) -> None:
+    response = call(
+        handler, environ(payload(tasks.record), headers=auth, content_length=content_length)
+    )
+    assert response.code == 400
+    assert detail in response.body
+    assert RECORDER.calls == []
+
+
+def test_certs_unavailable_gets_503(issuer: Issuer, auth: dict[str, str]) -> None:
+    certs = CachedCerts("https://certs.invalid", fetch=lambda url: (500, {}, b""))
+    client = Client(SETTINGS, authenticator=authenticator_for(SETTINGS, certs=certs))
+    response = call(Handler(client=client), environ(payload(tasks.record), headers=auth))
+    assert response.code == 503
+    assert RECORDER.calls == []
+
+
+def test_permanent_failure_gets_200_logged_and_dead_lettered(
+    handler: Handler, client: Client, auth: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="cloudtasks_deferred"):
+        response = call(handler, environ(payload(tasks.fail_permanently), headers=auth))
+    assert (response.code, response.body) == (200, b"PermanentTaskFailure")
+    failure = next(r for r in caplog.records if "permanent failure" in r.getMessage())
+    assert failure.exc_info is not None
+    assert "tests.tasks.fail_permanently" in failure.getMessage()
+    assert isinstance(client.dead_letters, InMemoryDeadLetters)
+    [letter] = client.dead_letters.letters
+    assert letter.callable_name == "tests.tasks.fail_permanently"
+    assert letter.task.task_name == "task-1"
+    assert letter.reason == "PermanentTaskFailure: this task cannot succeed"
+
+
+@pytest.mark.parametrize(
+    "body", [b"garbage", b"\x80\x05\x95truncated", FRAME_MAGIC + b"\x01\x00\x00\x00nonsense"]
+)
+def test_a_body_that_is_no_payload_is_a_permanent_failure(
+    handler: Handler, client: Client, auth: dict[str, str], body: bytes
+) -> None:
+    response = call(handler, environ(body, headers=auth))
+    assert (response.code, response.body) == (200, b"PermanentTaskFailure")
+    assert isinstance(client.dead_letters, InMemoryDeadLetters)
+    assert client.dead_letters.letters[0].callable_name is None
+
+
+def test_singular_failure_gets_408_logged_at_debug(
+    handler: Handler, auth: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="cloudtasks_deferred"):
+        response = call(handler, environ(payload(tasks.always_singular), headers=auth))
+    assert (response.code, response.body) == (408, b"SingularTaskFailure")
+    record = next(r for r in caplog.records if "SingularTaskFailure" in r.getMessage())
+    assert record.levelno == logging.DEBUG
+
+
+def test_other_exceptions_get_500(handler: Handler, auth: dict[str, str]) -> None:
+    response = call(handler, environ(payload(tasks.crash), headers=auth))
+    assert (response.code, response.body) == (500, b"Error")
+    assert RECORDER.named("crash") == [None]
+
+
+def test_missing_code_gets_500_so_a_deploy_can_fix_it(
+    handler: Handler, auth: dict[str, str]
+) -> None:
+    body = payload(tasks.record).replace(b"tests.tasks", b"tests.gone!")
+    assert call(handler, environ(body, headers=auth)).code == 500
+
+
+def test_newer_frame_gets_500(handler: Handler, auth: dict[str, str]) -> None:
+    body = FRAME_MAGIC + b"\x02\x00\x00\x00" + serialize(tasks.record)
+    assert call(handler, environ(body, headers=auth)).code == 500
+
+
+def test_current_task_inside_and_outside(handler: Handler, auth: dict[str, str]) -> None:
+    auth |= {"X-CloudTasks-TaskPreviousResponse": "500", "X-CloudTasks-TaskRetryReason": "x"}
+    call(handler, environ(payload(tasks.record_task_info), headers=auth))
+    [info] = RECORDER.named("task_info")
+    assert info.queue_name == "default"
+    assert info.task_name == "task-1"
+    assert info.retry_count == 0
+    assert info.execution_count == 0
+    assert info.eta is not None
+    assert info.eta.timestamp() == 1767225600.5
+    assert info.previous_response == 500
+    assert info.retry_reason == "x"
+    assert current_task() is None
+
+
+def test_queue_headers_logged_at_set_log_level_without_secrets(
+    handler: Handler, auth: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    deferred.set_log_level(logging.WARNING)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="cloudtasks_deferred"):
+            call(handler, environ(payload(tasks.record), headers=auth))
+    finally:
+        deferred.set_log_level(logging.INFO)
+    [record] = [r for r in caplog.records if "X_CLOUDTASKS_QUEUENAME:default" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert "Bearer" not in caplog.text
+    assert auth["Authorization"].split()[1] not in caplog.text
+
+
+def test_set_log_level_rejects_non_levels() -> None:
+    with pytest.raises(TypeError, match="log level must be an int"):
+        deferred.set_log_level("DEBUG")  # type: ignore[arg-type]
+
+
+def test_handler_log_level_overrides_the_legacy_one(
+    client: Client, auth: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="cloudtasks_deferred"):
+        call(
+            Handler(client=client, header_log_level=logging.DEBUG),
+            environ(payload(tasks.record), headers=auth),
+        )
+    [record] = [r for r in caplog.records if "X_CLOUDTASKS_TASKNAME:task-1" in r.getMessage()]
+    assert record.levelno == logging.DEBUG
+
+
+def test_post_returns_the_legacy_triple_and_never_raises(
+    handler: Handler, auth: dict[str, str]
+) -> None:
+    body, status, headers = handler.post(environ(payload(tasks.crash), headers=auth))
+    assert (body, status) == ("Error", HTTPStatus.INTERNAL_SERVER_ERROR)
+    assert headers == [("Content-Type", "text/plain; charset=utf-8")]
+
+
+def test_run_from_request_raises_the_task_failures(handler: Handler, auth: dict[str, str]) -> None:
+    with pytest.raises(SingularTaskFailure):
+        handler.run_from_request(environ(payload(tasks.always_singular), headers=auth))
+    with pytest.raises(PermanentTaskFailure):
+        handler.run_from_request(environ(b"garbage", headers=auth))
+    with pytest.raises(RuntimeError, match="boom"):
+        handler.run_from_request(environ(payload(tasks.crash), headers=auth))
+    assert handler.run_from_request(environ(payload(tasks.record), headers=auth))[1] == 200
+
+
+def test_run_from_request_answers_refusals_without_raising(handler: Handler) -> None:
+    assert handler.run_from_request(environ(payload(tasks.record)))[1] == 403
+
+
+@pytest.mark.parametrize(
+    ("retry_count", "expected"), [("1", 500), ("2", 200)], ids=["retries left", "exhausted"]
+)
+def test_per_task_retry_limit(
+    handler: Handler, client: Client, auth: dict[str, str], retry_count: str, expected: int
+) -> None:
+    meta = {"retry": TaskRetryOptions(task_retry_limit=2).to_metadata()}
+    auth["X-CloudTasks-TaskRetryCount"] = retry_count
+    response = call(handler, environ(payload(tasks.crash, _meta=meta), headers=auth))
+    assert response.code == expected
+    assert isinstance(client.dead_letters, InMemoryDeadLetters)
+    letters = client.dead_letters.letters
+    assert len(letters) == (expected == 200)
+    if letters:
+        assert letters[0].reason == "task_retry_limit=2 reached after 2 retries"
+        assert response.body == b"RetryLimitReached"
+
+
+def test_per_task_age_limit_counts_from_the_scheduled_time(
+    handler: Handler, auth: dict[str, str]
+) -> None:
+    old = {"retry": {"task_age_limit": 60}, "t0": 1.0}
+    assert (
+        call(handler, environ(payload(tasks.always_singular, _meta=old), headers=auth)).code == 200
+    )
+    import time
+
+    fresh = {"retry": {"task_age_limit": 60}, "t0": time.time()}
+    assert (
+        call(handler, environ(payload(tasks.always_singular, _meta=fresh), headers=auth)).code
+        == 408
+    )
+
+
+def test_tasks_defer_through_the_handlers_client(
+    handler: Handler, client: Client, auth: dict[str, str]
+) -> None:
+    assert call(handler, environ(payload(tasks.defer_another, "next"), headers=auth)).code == 200
+    assert isinstance(client.transport, InMemoryTransport)
+    [task] = client.transport.tasks
+    assert task.http_request.url == f"{AUDIENCE}/_ah/queue/deferred"
+
+
+def test_handler_without_settings_uses_the_bound_client(
+    client: Client, auth: dict[str, str]
+) -> None:
+    with client.bind():
+        assert call(Handler(), environ(payload(tasks.record, 1), headers=auth)).code == 200
+    assert RECORDER.named("record") == [1]
+
+
+def test_handler_with_settings_builds_its_own_client() -> None:
+    handler = Handler(SETTINGS)
+    assert call(handler, environ(payload(tasks.record))).code == 403
+
+
+def test_misconfigured_environment_gets_500_and_runs_nothing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("CLOUDTASKS_DEFERRED_QUEUE", "not a queue")
+    response = call(deferred.application, environ(pickle.dumps(tasks.Canary())))
+    assert response.code == 500
+    assert "misconfigured" in caplog.text
+    assert RECORDER.calls == []
+
+
+def test_unconfigured_environment_refuses_with_403(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("K_SERVICE", "svc")
+    env = environ(pickle.dumps(tasks.Canary()), headers={"X-CloudTasks-QueueName": "default"})
+    response = call(deferred.application, env)
+    assert response.code == 403
+    assert b"not configured" in response.body
+    assert RECORDER.calls == []

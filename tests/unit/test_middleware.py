@@ -1,0 +1,150 @@
+"""wrap_wsgi_app: task paths to the handler, the rest to the app (bare WSGI, Flask, Django)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cloudtasks_deferred import Client, Handler, Settings, deferred, wrap_wsgi_app
+from cloudtasks_deferred.auth import authenticator_for
+from cloudtasks_deferred.auth.certs import StaticCerts
+from cloudtasks_deferred.client import current_client
+from cloudtasks_deferred.middleware import DeferredMiddleware
+from cloudtasks_deferred.payload import frame, serialize
+from cloudtasks_deferred.testing import in_memory_queue
+from cloudtasks_deferred.transports.memory import InMemoryTransport
+from tests import tasks
+from tests.oidc import AUDIENCE, INVOKER, Issuer
+from tests.tasks import RECORDER
+from tests.wsgi import call, environ
+
+SETTINGS = Settings(
+    project="p", location="us-central1", base_url=AUDIENCE, service_account=INVOKER, ndb=False
+)
+
+
+def hello_app(env: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello " + env["PATH_INFO"].encode()]
+
+
+def test_the_deferred_path_goes_to_the_handler_and_the_rest_to_the_app() -> None:
+    app = wrap_wsgi_app(hello_app, settings=SETTINGS)
+    assert call(app, environ(path="/anything", method="GET")).body == b"hello /anything"
+    assert call(app, environ(payload(), path="/_ah/queue/deferred")).code == 403
+    assert call(app, environ(path="/_ah/queue/deferred", method="GET")).code == 405
+
+
+def test_paths_are_matched_exactly() -> None:
+    app = wrap_wsgi_app(hello_app, settings=SETTINGS)
+    for path in ("/_ah/queue/deferred/", "/_ah/queue/deferredx", "/_ah/queue"):
+        assert call(app, environ(path=path)).body == f"hello {path}".encode()
+
+
+def test_extra_paths_go_to_the_handler() -> None:
+    app = wrap_wsgi_app(hello_app, settings=SETTINGS, paths=["/custom/path"])
+    assert call(app, environ(payload(), path="/custom/path")).code == 403
+
+
+def test_use_deferred_false_routes_nothing() -> None:
+    app = wrap_wsgi_app(hello_app, use_deferred=False, settings=SETTINGS)
+    assert call(app, environ(path="/_ah/queue/deferred")).body == b"hello /_ah/queue/deferred"
+
+
+def test_a_given_handler_is_used() -> None:
+    custom = Handler(SETTINGS)
+    app = wrap_wsgi_app(hello_app, handler=custom)
+    assert isinstance(app, DeferredMiddleware)
+    assert app.handler is custom
+
+
+def test_explicit_settings_are_bound_for_app_requests() -> None:
+    seen: list[Settings] = []
+
+    def app(env: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(current_client().settings)
+        return hello_app(env, start_response)
+
+    call(wrap_wsgi_app(app, settings=SETTINGS), environ(path="/x", method="GET"))
+    assert seen == [SETTINGS]
+
+
+def test_without_explicit_settings_the_current_client_is_used() -> None:
+    with in_memory_queue() as queue:
+        app = wrap_wsgi_app(hello_app)
+        call(app, environ(path="/x"))
+        deferred.defer(tasks.record, 1)
+        assert len(queue.tasks) == 1
+
+
+@pytest.mark.parametrize("bad", [["relative"], [b"/bytes"]])
+def test_bad_paths_are_refused(bad: list[Any]) -> None:
+    with pytest.raises(TypeError, match="must be strings starting with '/'"):
+        wrap_wsgi_app(hello_app, paths=bad)
+
+
+def test_non_callables_are_refused() -> None:
+    with pytest.raises(TypeError, match="needs a WSGI callable"):
+        wrap_wsgi_app("app")
+
+
+def test_legacy_positional_and_keyword_forms_are_accepted() -> None:
+    wrap_wsgi_app(hello_app, True, use_legacy_context_mode=False, settings=SETTINGS)
+
+
+def payload() -> bytes:
+    return frame(serialize(tasks.record, "task"))
+
+
+@pytest.fixture
+def signed_client(issuer: Issuer) -> Client:
+    return Client(
+        SETTINGS,
+        transport=InMemoryTransport(),
+        authenticator=authenticator_for(SETTINGS, certs=StaticCerts(issuer.certs)),
+    )
+
+
+def test_flask(signed_client: Client, issuer: Issuer) -> None:
+    import flask
+
+    app = flask.Flask(__name__)
+
+    @app.route("/hello")
+    def hello() -> str:
+        deferred.defer(tasks.record, "from flask")
+        return "hello from flask"
+
+    app.wsgi_app = wrap_wsgi_app(app.wsgi_app, client=signed_client)  # type: ignore[method-assign]
+    test_client = app.test_client()
+    assert test_client.get("/hello").text == "hello from flask"
+    assert isinstance(signed_client.transport, InMemoryTransport)
+    [task] = signed_client.transport.tasks
+    response = test_client.post(
+        "/_ah/queue/deferred",
+        data=task.http_request.body,
+        headers={"Authorization": f"Bearer {issuer.token()}", "X-CloudTasks-TaskName": "t"},
+    )
+    assert (response.status_code, response.text) == (200, "Success")
+    assert RECORDER.named("record") == ["from flask"]
+    assert test_client.post("/_ah/queue/deferred", data=task.http_request.body).status_code == 403
+
+
+def test_django(signed_client: Client, issuer: Issuer) -> None:
+    from django.conf import settings as django_settings
+
+    if not django_settings.configured:
+        django_settings.configure(
+            ROOT_URLCONF="tests.django_urls", ALLOWED_HOSTS=["*"], SECRET_KEY="test", DEBUG=False
+        )
+    from django.core.wsgi import get_wsgi_application
+
+    application = wrap_wsgi_app(get_wsgi_application(), client=signed_client)
+    response = call(application, environ(path="/hello", method="GET"))
+    assert response.body == b"hello from django"
+    assert isinstance(signed_client.transport, InMemoryTransport)
+    [task] = signed_client.transport.tasks
+    env = environ(task.http_request.body, headers={"Authorization": f"Bearer {issuer.token()}"})
+    assert call(application, env).code == 200
+    assert RECORDER.named("record") == ["from django"]

@@ -1,0 +1,106 @@
+"""The OIDC verifier, with tokens really signed by an RSA key."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from cloudtasks_deferred.auth.certs import StaticCerts
+from cloudtasks_deferred.auth.oidc import AuthenticationError, OIDCVerifier
+from tests.oidc import AUDIENCE, INVOKER, Issuer
+
+
+@pytest.fixture
+def verifier(issuer: Issuer) -> OIDCVerifier:
+    return OIDCVerifier(certs=StaticCerts(issuer.certs), audiences=[AUDIENCE], invokers=[INVOKER])
+
+
+def test_a_valid_token_returns_its_claims(verifier: OIDCVerifier, issuer: Issuer) -> None:
+    claims = verifier.verify(issuer.token())
+    assert claims["email"] == INVOKER
+    assert claims["aud"] == AUDIENCE
+
+
+def test_both_google_issuer_spellings_are_accepted(verifier: OIDCVerifier, issuer: Issuer) -> None:
+    assert verifier.verify(issuer.token(iss="accounts.google.com"))["email"] == INVOKER
+
+
+def test_any_configured_audience_is_accepted(issuer: Issuer) -> None:
+    verifier = OIDCVerifier(
+        certs=StaticCerts(issuer.certs),
+        audiences=["https://tasks.example.com", AUDIENCE],
+        invokers=[INVOKER],
+    )
+    assert verifier.verify(issuer.token())["aud"] == AUDIENCE
+
+
+def test_small_clock_skew_is_tolerated(verifier: OIDCVerifier, issuer: Issuer) -> None:
+    now = int(time.time())
+    verifier.verify(issuer.token(iat=now + 5, exp=now - 5))
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda i: "not-a-jwt", "not a valid JWT"),
+        (lambda i: "a.b.c", "not a valid JWT"),
+        (lambda i: i.token()[:-10], "signature does not verify"),
+        (lambda i: i.unsigned_token(), "not signed with RS256"),
+        (lambda i: i.hs256_token(), "not signed with RS256"),
+        (lambda i: Issuer(kid=i.kid).token(), "signature does not verify"),
+        (lambda i: Issuer(kid="other").token(), "unknown key"),
+        (lambda i: i.token(exp=int(time.time()) - 60), "expired"),
+        (lambda i: i.token(iat=int(time.time()) + 300), "not valid yet"),
+        (lambda i: i.token(nbf=int(time.time()) + 300), "not valid yet"),
+        (lambda i: i.token(exp=None), "lacks numeric exp and iat"),
+        (lambda i: i.token(iat="yesterday"), "lacks numeric exp and iat"),
+        (lambda i: i.token(iss="https://evil.example"), "issuer is not Google"),
+        (lambda i: i.token(iss=None), "issuer is not Google"),
+        (lambda i: i.token(aud="https://other-service.a.run.app"), "audience is not this"),
+        (lambda i: i.token(aud=[AUDIENCE]), "audience is not this"),
+        (lambda i: i.token(email="attacker@evil.example"), "not an allowed invoker"),
+        (lambda i: i.token(email=None), "not an allowed invoker"),
+        (lambda i: i.token(email_verified=False), "not verified"),
+        (lambda i: i.token(email_verified="true"), "not verified"),
+        (lambda i: i.token(email_verified=None), "not verified"),
+        (lambda i: "x" * 20000, "too long"),
+    ],
+    ids=[
+        "garbage",
+        "bad segments",
+        "truncated signature",
+        "alg none",
+        "hs256 with public key",
+        "same kid other key",
+        "unknown kid",
+        "expired",
+        "issued in the future",
+        "not before",
+        "no exp",
+        "non-numeric iat",
+        "wrong issuer",
+        "no issuer",
+        "wrong audience",
+        "audience list",
+        "wrong email",
+        "no email",
+        "unverified email",
+        "email_verified string",
+        "no email_verified",
+        "oversized",
+    ],
+)
+def test_bad_tokens_are_refused_with_the_failed_check(
+    verifier: OIDCVerifier, issuer: Issuer, make: Any, reason: str
+) -> None:
+    with pytest.raises(AuthenticationError, match=reason):
+        verifier.verify(make(issuer))
+
+
+def test_a_verifier_needs_an_audience_and_an_invoker(issuer: Issuer) -> None:
+    with pytest.raises(ValueError, match="at least one audience"):
+        OIDCVerifier(certs=StaticCerts(issuer.certs), audiences=[], invokers=[INVOKER])
+    with pytest.raises(ValueError, match="at least one audience"):
+        OIDCVerifier(certs=StaticCerts(issuer.certs), audiences=[AUDIENCE], invokers=[])

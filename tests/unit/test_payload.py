@@ -1,0 +1,199 @@
+"""serialize/run with every legacy callable kind; framing; decoding failures."""
+
+from __future__ import annotations
+
+import datetime
+import pickle
+import struct
+from typing import Any
+
+import pytest
+
+from cloudtasks_deferred import PermanentTaskFailure, deferred
+from cloudtasks_deferred.payload import (
+    FRAME_MAGIC,
+    InvalidPayloadError,
+    UnsupportedPayloadError,
+    describe_callable,
+    frame,
+    invoke_member,
+    load_call,
+    run,
+    serialize,
+    unframe,
+)
+from tests import tasks
+from tests.tasks import RECORDER
+
+
+@pytest.mark.parametrize(
+    ("obj", "args", "expected"),
+    [
+        pytest.param(tasks.record, (5,), "recorded", id="top-level function"),
+        pytest.param(tasks.Counter(10), (5,), 15, id="callable instance"),
+        pytest.param(tasks.Counter(1).add, (2,), 3, id="bound method"),
+        pytest.param(tasks.Counter.make, (7,), 7, id="class method"),
+        pytest.param(tasks.Counter.double, (4,), 8, id="static method"),
+        pytest.param(len, ([1, 2, 3],), 3, id="builtin function"),
+        pytest.param(
+            datetime.datetime(2020, 1, 2, 3, 4, 5).isoformat,
+            (),
+            "2020-01-02T03:04:05",
+            id="builtin method",
+        ),
+        pytest.param(dict.fromkeys, (("a",), 1), {"a": 1}, id="builtin classmethod"),
+        pytest.param(tasks.Counter(3).secret_method(), (), "secret", id="private method"),
+    ],
+)
+def test_run_of_serialize_is_the_call(obj: Any, args: tuple[Any, ...], expected: Any) -> None:
+    assert run(serialize(obj, *args)) == expected
+
+
+def test_a_class_is_deferrable() -> None:
+    run(serialize(tasks.Point, 1, y=2))
+    assert RECORDER.named("Point") == [(1, 2)]
+
+
+def test_keyword_arguments_reach_the_callable() -> None:
+    assert run(serialize(tasks.record, 1, extra="x")) == "recorded"
+    assert RECORDER.named("record") == [(1, {"extra": "x"})]
+
+
+def test_bound_methods_travel_as_invoke_member() -> None:
+    func, args, kwargs = pickle.loads(serialize(tasks.Counter(1).add, 2, k=3))
+    assert func is invoke_member
+    assert isinstance(args[0], tasks.Counter)
+    assert args[1:] == ("add", 2)
+    assert kwargs == {"k": 3}
+
+
+def test_builtin_methods_travel_as_invoke_member() -> None:
+    when = datetime.datetime(2021, 5, 6)
+    func, args, _ = pickle.loads(serialize(when.isoformat))
+    assert func is invoke_member
+    assert args == (when, "isoformat")
+
+
+def test_invoke_member_calls_the_member() -> None:
+    assert invoke_member(tasks.Counter(2), "add", 3) == 5
+
+
+def lambda_task() -> Any:
+    return lambda: None
+
+
+def nested_function() -> Any:
+    def inner() -> None:
+        pass
+
+    return inner
+
+
+def nested_class_instance() -> Any:
+    class Inner:
+        def __call__(self) -> None:
+            pass
+
+    return Inner()
+
+
+@pytest.mark.parametrize(
+    "make", [lambda_task, nested_function, nested_class_instance], ids=lambda f: f.__name__
+)
+def test_unpicklable_callables_fail_at_serialize_time(make: Any) -> None:
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        serialize(make())
+
+
+def test_unpicklable_arguments_fail_at_serialize_time() -> None:
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        serialize(tasks.record, lambda: None)
+
+
+def test_non_callables_are_refused() -> None:
+    with pytest.raises(ValueError, match="must be callable"):
+        serialize(42)  # type: ignore[arg-type]
+
+
+def test_frame_round_trip_with_metadata() -> None:
+    pickled = serialize(tasks.record, 1)
+    body = frame(pickled, {"retry": {"task_retry_limit": 2}})
+    assert body.startswith(FRAME_MAGIC)
+    assert unframe(body) == ({"retry": {"task_retry_limit": 2}}, pickled)
+    assert unframe(frame(pickled)) == ({}, pickled)
+
+
+def test_run_accepts_frames_and_bare_legacy_pickles() -> None:
+    pickled = serialize(tasks.record, 7)
+    assert run(frame(pickled)) == "recorded"
+    assert run(pickled) == "recorded"
+    assert RECORDER.named("record") == [7, 7]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"hello", id="text"),
+        pytest.param(b"\x89CT", id="short magic"),
+        pytest.param(FRAME_MAGIC + b"\x01\x00", id="truncated header"),
+        pytest.param(FRAME_MAGIC + b"\x01\x00\x00\x10{}", id="truncated metadata"),
+        pytest.param(FRAME_MAGIC + b"\x01\x00\x00\x02[]" + b"\x80\x05N.", id="metadata not object"),
+        pytest.param(FRAME_MAGIC + b"\x01\x00\x00\x03{x}" + b"\x80\x05N.", id="metadata not json"),
+    ],
+)
+def test_bodies_that_are_not_payloads_are_invalid(body: bytes) -> None:
+    with pytest.raises(InvalidPayloadError):
+        unframe(body)
+
+
+def test_invalid_payloads_are_permanent_failures() -> None:
+    assert issubclass(InvalidPayloadError, PermanentTaskFailure)
+
+
+@pytest.mark.parametrize(
+    ("version", "flags"), [(2, 0), (1, 0x80)], ids=["newer version", "unknown flag"]
+)
+def test_newer_frames_are_not_permanent_failures(version: int, flags: int) -> None:
+    body = struct.pack(">4sBBH", FRAME_MAGIC, version, flags, 0) + serialize(tasks.record)
+    with pytest.raises(UnsupportedPayloadError, match="newer"):
+        unframe(body)
+    assert not issubclass(UnsupportedPayloadError, PermanentTaskFailure)
+
+
+@pytest.mark.parametrize(
+    "pickled",
+    [
+        pytest.param(b"\x80\x05\x95", id="truncated pickle"),
+        pytest.param(pickle.dumps("not a tuple"), id="not a tuple"),
+        pytest.param(pickle.dumps((1, (), {})), id="not callable"),
+        pytest.param(pickle.dumps((len, [1], {})), id="args not a tuple"),
+        pytest.param(pickle.dumps((len, (1,), [])), id="kwargs not a dict"),
+    ],
+)
+def test_load_call_rejects_malformed_pickles(pickled: bytes) -> None:
+    with pytest.raises(InvalidPayloadError):
+        load_call(pickled)
+
+
+def test_pickles_naming_missing_code_are_retryable_errors() -> None:
+    missing_module = serialize(tasks.record).replace(b"tests.tasks", b"tests.gone!")
+    with pytest.raises(ImportError):
+        load_call(missing_module)
+    missing_attribute = serialize(tasks.record).replace(b"record", b"absent")
+    with pytest.raises(AttributeError):
+        load_call(missing_attribute)
+
+
+def test_describe_callable_names_without_arguments() -> None:
+    assert describe_callable(tasks.record) == "tests.tasks.record"
+    func, args, _ = pickle.loads(serialize(tasks.Counter(1).add, "secret-argument"))
+    assert describe_callable(func, args) == "tests.tasks.Counter.add"
+    func, args, _ = pickle.loads(serialize(tasks.Counter.make, 1))
+    assert describe_callable(func, args) == "tests.tasks.Counter.make"
+
+
+def test_legacy_module_exposes_the_same_functions() -> None:
+    assert deferred.serialize is serialize
+    assert deferred.run is run
+    assert deferred.invoke_member is invoke_member
