@@ -24,17 +24,15 @@ import importlib
 import importlib.util
 import logging
 import threading
-import warnings
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from .auth import Authenticator, authenticator_for
 from .auth.dev import DEV_INVOKER, DevKey, dev_key
 from .deadletters import DeadLetterSink, LoggingDeadLetters
-from .errors import ConfigurationError, TaskAlreadyExistsError, TombstonedTaskError
-from .payload import frame, serialize
-from .retry import RetryOptionsWarning
+from .errors import ConfigurationError
 from .settings import Platform, Settings, queue_path
 
 if TYPE_CHECKING:
@@ -111,41 +109,8 @@ class Client:
 
     def defer(self, obj: Callable[..., Any], *args: Any, **kwargs: Any) -> tasks_v2.Task:
         """Enqueues ``obj(*args, **kwargs)``; see :func:`cloudtasks_deferred.defer`."""
-        from .enqueue import build_task
-        from .options import split_options
-
-        now = datetime.now(UTC)
-        options, call_kwargs = split_options(kwargs, now=now)
-        if options.transactional:
-            raise NotImplementedError(
-                "defer(_transactional=True) is not supported by this version: it would "
-                "enqueue even if the transaction rolls back. Defer after the commit instead "
-                "(ndb.get_context().call_on_commit(...)) or drop _transactional."
-            )
-        metadata: dict[str, Any] = {}
-        if options.retry_options is not None:
-            ignored = options.retry_options.queue_level_fields
-            if ignored:
-                warnings.warn(
-                    f"TaskRetryOptions {', '.join(ignored)} cannot apply per task: Cloud "
-                    "Tasks sets backoff per queue (retry_config in terraform/); the queue's "
-                    "backoff applies.",
-                    RetryOptionsWarning,
-                    stacklevel=3,
-                )
-            metadata["retry"] = options.retry_options.to_metadata()
-            metadata["t0"] = (options.schedule_time(now) or now).timestamp()
-        body = frame(serialize(obj, *args, **call_kwargs), metadata)
-        parent = self.queue_path(options.queue)
-        task = build_task(
-            body,
-            options,
-            self.settings,
-            parent=parent,
-            now=now,
-            dev_token=self._mint_dev_token if self.settings.dev_mode else None,
-        )
-        return self._create(parent, task)
+        task: tasks_v2.Task = _enqueue_module().enqueue(self, obj, args, kwargs)
+        return task
 
     def queue_path(self, queue: str | None = None) -> str:
         """Returns ``projects/P/locations/L/queues/Q`` for ``queue`` (default: the settings').
@@ -203,36 +168,10 @@ class Client:
             )
             return contextlib.nullcontext()
 
-    def _mint_dev_token(self, audience: str, valid_from: datetime) -> str:
+    def mint_dev_token(self, audience: str, valid_from: datetime) -> str:
+        """Signs a dev-mode ID token for a task (see :mod:`cloudtasks_deferred.auth.dev`)."""
         email = self.settings.service_account or DEV_INVOKER
         return self.dev_key.mint(email=email, audience=audience, valid_from=valid_from)
-
-    def _create(self, parent: str, task: tasks_v2.Task) -> tasks_v2.Task:
-        from google.api_core import exceptions
-
-        try:
-            return self.transport.create_task(parent, task)
-        except exceptions.AlreadyExists as exc:
-            tombstoned = "too recently" in str(exc).lower()
-            error = TombstonedTaskError if tombstoned else TaskAlreadyExistsError
-            raise error(
-                f"task {task.name} {'existed too recently' if tombstoned else 'already exists'}"
-                " in its queue: Cloud Tasks keeps a name for about an hour after its task "
-                "ends; pick a new _name"
-            ) from exc
-        except (exceptions.NotFound, exceptions.FailedPrecondition) as exc:
-            exc.add_note(
-                f"cloudtasks_deferred: check that the queue {parent} exists (terraform "
-                "apply; locally: cloudtasks-deferred emulator --queue NAME)"
-            )
-            raise
-        except exceptions.PermissionDenied as exc:
-            exc.add_note(
-                "cloudtasks_deferred: the service account this code runs as needs "
-                "roles/cloudtasks.enqueuer on the queue and, for HTTP tasks, "
-                "roles/iam.serviceAccountUser on CLOUDTASKS_DEFERRED_SERVICE_ACCOUNT"
-            )
-            raise
 
     def _project(self) -> str:
         if self.settings.project:
@@ -271,6 +210,12 @@ def current_client() -> Client:
         ConfigurationError: The default client's environment is invalid.
     """
     return _bound.get() or default_client()
+
+
+@functools.cache
+def _enqueue_module() -> ModuleType:
+    # enqueue imports google.cloud.tasks_v2: loaded on the first defer, not at import.
+    return importlib.import_module("cloudtasks_deferred.enqueue")
 
 
 @functools.cache

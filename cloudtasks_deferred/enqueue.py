@@ -1,4 +1,4 @@
-"""Building the Cloud Tasks ``Task`` for a deferred call: target, schedule, name, headers.
+"""``defer``'s work: options, payload, the Cloud Tasks ``Task`` and its creation.
 
 Target rules, in order:
 
@@ -13,33 +13,116 @@ Target rules, in order:
 * otherwise there is nowhere to send the task and a ``ConfigurationError`` says
   what to set.
 
+Errors from the service are translated where a legacy name exists
+(``ALREADY_EXISTS`` -> :class:`~cloudtasks_deferred.TaskAlreadyExistsError`) and
+annotated with what to check otherwise.
+
 This module imports ``google.cloud.tasks_v2``; the handler's request path never
 imports it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Final
+import warnings
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final
 
+from google.api_core import exceptions
 from google.cloud import tasks_v2
 
 from . import limits
-from .errors import ConfigurationError
-from .options import TaskOptions
+from .errors import ConfigurationError, TaskAlreadyExistsError, TombstonedTaskError
+from .options import TaskOptions, split_options
+from .payload import frame, serialize
+from .retry import RetryOptionsWarning
 from .settings import Platform, Settings, origin
 
 if TYPE_CHECKING:
     from google.cloud.tasks_v2.types import target as target_pb
 
-__all__ = ["CONTENT_TYPE", "build_task"]
+    from .client import Client
+    from .transports import Transport
+
+__all__ = ["CONTENT_TYPE", "build_task", "create_task", "enqueue"]
 
 #: The legacy deferred library's Content-Type for payloads.
 CONTENT_TYPE: Final = "application/octet-stream"
 
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
 #: Signs a dev-mode ID token: ``(audience, not_before) -> token``.
 DevTokenMinter = Callable[[str, datetime], str]
+
+
+def enqueue(
+    client: Client, obj: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> tasks_v2.Task:
+    """Defers ``obj(*args, **kwargs)`` with ``client``; see :func:`cloudtasks_deferred.defer`."""
+    options, call_kwargs = split_options(kwargs)
+    if options.transactional:
+        raise NotImplementedError(
+            "defer(_transactional=True) is not supported by this version: it would "
+            "enqueue even if the transaction rolls back. Defer after the commit instead "
+            "(ndb.get_context().call_on_commit(...)) or drop _transactional."
+        )
+    metadata: dict[str, Any] = {}
+    if options.retry_options is not None:
+        ignored = options.retry_options.queue_level_fields
+        if ignored:
+            warnings.warn(
+                f"TaskRetryOptions {', '.join(ignored)} cannot apply per task: Cloud Tasks "
+                "sets backoff per queue (retry_config in terraform/); the queue's backoff "
+                "applies.",
+                RetryOptionsWarning,
+                stacklevel=4,
+            )
+        metadata["retry"] = options.retry_options.to_metadata()
+        metadata["t0"] = (options.schedule_time or datetime.now(UTC)).timestamp()
+    body = frame(serialize(obj, *args, **call_kwargs), metadata)
+    parent = client.queue_path(options.queue)
+    task = build_task(
+        body,
+        options,
+        client.settings,
+        parent=parent,
+        dev_token=client.mint_dev_token if client.settings.dev_mode else None,
+    )
+    return create_task(client.transport, parent, task)
+
+
+def create_task(transport: Transport, parent: str, task: tasks_v2.Task) -> tasks_v2.Task:
+    """Creates ``task``, translating the service's refusals.
+
+    Raises:
+        TaskAlreadyExistsError: The name is taken (``TombstonedTaskError`` when
+            Cloud Tasks says it existed too recently).
+        google.api_core.exceptions.GoogleAPICallError: Other refusals, with a note
+            saying what to check for a missing queue or a missing permission.
+    """
+    try:
+        return transport.create_task(parent, task)
+    except exceptions.AlreadyExists as exc:
+        tombstoned = "too recently" in str(exc).lower()
+        error = TombstonedTaskError if tombstoned else TaskAlreadyExistsError
+        raise error(
+            f"task {task.name} {'existed too recently' if tombstoned else 'already exists'} "
+            "in its queue: Cloud Tasks keeps a name for about an hour after its task ends; "
+            "pick a new _name"
+        ) from exc
+    except (exceptions.NotFound, exceptions.FailedPrecondition) as exc:
+        exc.add_note(
+            f"cloudtasks_deferred: check that the queue {parent} exists (terraform apply; "
+            "locally: cloudtasks-deferred emulator --queue NAME)"
+        )
+        raise
+    except exceptions.PermissionDenied as exc:
+        exc.add_note(
+            "cloudtasks_deferred: the service account this code runs as needs "
+            "roles/cloudtasks.enqueuer on the queue and, for HTTP tasks, "
+            "roles/iam.serviceAccountUser on CLOUDTASKS_DEFERRED_SERVICE_ACCOUNT"
+        )
+        raise
 
 
 def build_task(
@@ -48,7 +131,6 @@ def build_task(
     settings: Settings,
     *,
     parent: str,
-    now: datetime,
     dev_token: DevTokenMinter | None = None,
 ) -> tasks_v2.Task:
     """Builds the task ``defer`` sends, exactly as it reaches Cloud Tasks.
@@ -58,7 +140,6 @@ def build_task(
         options: Validated ``defer`` options.
         settings: Where tasks go and how they authenticate.
         parent: The queue's full resource name, ``projects/P/locations/L/queues/Q``.
-        now: Current aware UTC time (for ``_countdown``).
         dev_token: Mints dev-mode tokens; required when ``settings.dev_mode``.
 
     Returns:
@@ -73,9 +154,8 @@ def build_task(
     task = tasks_v2.Task.pb()()
     if options.name is not None:
         task.name = f"{parent}/tasks/{options.name}"
-    schedule_time = options.schedule_time(now)
-    if schedule_time is not None:
-        task.schedule_time.FromDatetime(schedule_time)
+    if options.schedule_time is not None:
+        _set_timestamp(task.schedule_time, options.schedule_time)
     headers = {"Content-Type": CONTENT_TYPE, **options.headers}
 
     if options.is_absolute_url or settings.base_url:
@@ -92,7 +172,8 @@ def build_task(
         if settings.dev_mode:
             if dev_token is None:  # pragma: no cover - Client always passes one
                 raise ConfigurationError("dev mode needs a dev key to sign tasks")
-            headers["Authorization"] = f"Bearer {dev_token(audience, schedule_time or now)}"
+            valid_from = options.schedule_time or datetime.now(UTC)
+            headers["Authorization"] = f"Bearer {dev_token(audience, valid_from)}"
         elif settings.service_account:
             request.oidc_token.service_account_email = settings.service_account
             request.oidc_token.audience = audience
@@ -102,7 +183,7 @@ def build_task(
                 "service account Cloud Tasks signs each task's OIDC token as (the "
                 "handler accepts only tokens from it)"
             )
-        request.headers.update(headers)
+        _set_headers(request.headers, headers)
         request.body = body
     elif settings.platform is Platform.APP_ENGINE:
         _check_deadline(
@@ -112,7 +193,7 @@ def build_task(
         request_ae.relative_uri = options.url
         request_ae.http_method = tasks_v2.HttpMethod.POST
         _route(request_ae.app_engine_routing, options.target, settings)
-        request_ae.headers.update(headers)
+        _set_headers(request_ae.headers, headers)
         request_ae.body = body
     else:
         raise ConfigurationError(
@@ -126,6 +207,18 @@ def build_task(
     return built
 
 
+def _set_timestamp(timestamp: Any, when: datetime) -> None:
+    # Timestamp.FromDatetime costs ~10 us; exact integer arithmetic costs a fraction.
+    delta = when - _EPOCH
+    timestamp.seconds = delta.days * 86400 + delta.seconds
+    timestamp.nanos = delta.microseconds * 1000
+
+
+def _set_headers(target: Any, headers: dict[str, str]) -> None:
+    for name, value in headers.items():  # item by item: faster than map.update()
+        target[name] = value
+
+
 def _join(settings: Settings, url: str) -> str:
     assert settings.base_url is not None  # noqa: S101 - guarded by the caller
     return settings.base_url.rstrip("/") + url
@@ -134,10 +227,9 @@ def _join(settings: Settings, url: str) -> str:
 def _audience(settings: Settings, url: str) -> str:
     # Tasks for this service carry the audience its handler expects; an absolute
     # _url to another origin gets that origin, which is what its handler defaults to.
-    if settings.base_url is None or origin(url) != origin(settings.base_url):
+    if settings.base_url is None or not url.startswith(settings.base_origin + "/"):
         return origin(url)
-    audiences = settings.effective_audiences
-    return audiences[0]
+    return settings.effective_audiences[0]
 
 
 def _route(routing: target_pb.AppEngineRouting, target: str | None, settings: Settings) -> None:

@@ -46,8 +46,8 @@ class TaskOptions:
     """Validated ``defer`` options (without the leading underscore).
 
     Attributes:
-        countdown: Seconds from now until the task may run.
-        eta: Aware UTC time at which the task may run.
+        schedule_time: Aware UTC time at which the task may run (from ``_countdown``
+            or ``_eta``), ``None`` for as soon as possible.
         name: Task ID, unique in the queue for Cloud Tasks' dedupe window.
         target: App Engine ``[[instance.]version.]service`` to route to.
         url: Relative path (appended to the base URL, or an App Engine
@@ -59,8 +59,7 @@ class TaskOptions:
         dispatch_deadline: How long Cloud Tasks waits for the handler's answer.
     """
 
-    countdown: float | None = None
-    eta: datetime | None = None
+    schedule_time: datetime | None = None
     name: str | None = None
     target: str | None = None
     url: str = DEFAULT_URL
@@ -75,25 +74,19 @@ class TaskOptions:
         """Whether :attr:`url` is a full ``http(s)`` URL rather than a path."""
         return self.url.startswith(("http://", "https://"))
 
-    def schedule_time(self, now: datetime) -> datetime | None:
-        """When the task may first run, or ``None`` for "as soon as possible".
 
-        Args:
-            now: The current aware UTC time.
-        """
-        if self.countdown is not None:
-            return now + timedelta(seconds=self.countdown)
-        return self.eta
+_DEFAULTS: Final = TaskOptions()
 
 
 def split_options(
-    kwargs: Mapping[str, Any], *, now: datetime
+    kwargs: Mapping[str, Any], *, now: datetime | None = None
 ) -> tuple[TaskOptions, dict[str, Any]]:
     """Separates and validates the ``_`` options of a ``defer`` call.
 
     Args:
         kwargs: Every keyword argument ``defer`` received.
-        now: The current aware UTC time, to check ``_eta`` and ``_countdown`` bounds.
+        now: The current aware UTC time for ``_countdown`` and the ``_eta`` bound;
+            read from the clock when needed and not given.
 
     Returns:
         The options, and the keyword arguments meant for the callable.
@@ -103,6 +96,8 @@ def split_options(
         ValueError: An option with an invalid value; the message names it and says
             what is accepted.
     """
+    if not any(key[:1] == "_" for key in kwargs):
+        return _DEFAULTS, dict(kwargs)
     call_kwargs = {k: v for k, v in kwargs.items() if not k.startswith("_")}
     raw = {k: v for k, v in kwargs.items() if k.startswith("_") and v is not None}
     for key in raw.keys() - set(OPTION_NAMES):
@@ -116,10 +111,16 @@ def split_options(
         )
     if "_countdown" in raw and "_eta" in raw:
         raise ValueError("defer() got both _countdown and _eta; pass one of them")
+    schedule_time = None
+    if "_countdown" in raw or "_eta" in raw:
+        now = now or datetime.now(UTC)
+        if "_countdown" in raw:
+            schedule_time = now + timedelta(seconds=_countdown(raw["_countdown"]))
+        else:
+            schedule_time = _eta(raw["_eta"], now)
 
     options = TaskOptions(
-        countdown=_countdown(raw["_countdown"]) if "_countdown" in raw else None,
-        eta=_eta(raw["_eta"], now) if "_eta" in raw else None,
+        schedule_time=schedule_time,
         name=_matching("_name", raw.get("_name"), limits.TASK_ID, "1-500 letters, digits, - or _"),
         target=_matching("_target", raw.get("_target"), _TARGET, "[[instance.]version.]service"),
         url=_url(raw.get("_url", DEFAULT_URL)),

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import ipaddress
 import os
 import re
@@ -232,14 +233,19 @@ class Settings:
             ndb=_flag("ndb", get("ndb"), default=None, allow_auto=True),
         )
 
-    @property
+    @functools.cached_property
+    def base_origin(self) -> str:
+        """``scheme://host[:port]`` of :attr:`base_url` (empty without one)."""
+        return origin(self.base_url) if self.base_url else ""
+
+    @functools.cached_property
     def effective_audiences(self) -> tuple[str, ...]:
         """The audiences tokens may carry: :attr:`audiences`, else the base URL's origin."""
         if self.audiences:
             return self.audiences
-        return (origin(self.base_url),) if self.base_url else ()
+        return (self.base_origin,) if self.base_url else ()
 
-    @property
+    @functools.cached_property
     def effective_invokers(self) -> tuple[str, ...]:
         """The caller emails the handler accepts: :attr:`allowed_invokers`, else the
         service account."""

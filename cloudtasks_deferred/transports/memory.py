@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from datetime import UTC, datetime
+import time
 
 from google.api_core import exceptions
 from google.cloud import tasks_v2
@@ -36,16 +36,16 @@ class InMemoryTransport:
         """Records a copy of ``task``; see :class:`~cloudtasks_deferred.transports.Transport`."""
         created = tasks_v2.Task.pb()()
         created.CopyFrom(tasks_v2.Task.pb(task))
-        now = datetime.now(UTC)
+        now_ns = time.time_ns()  # Timestamp.GetCurrentTime() is ~10x slower
+        created.create_time.seconds, created.create_time.nanos = divmod(now_ns, 1_000_000_000)
+        if not created.HasField("schedule_time"):
+            created.schedule_time.CopyFrom(created.create_time)
         with self._lock:
             if not created.name:
                 created.name = f"{parent}/tasks/{next(self._ids):020d}"
             elif created.name in self._names:
                 raise exceptions.AlreadyExists(f"Requested entity already exists: {created.name}")
             self._names.add(created.name)
-            created.create_time.FromDatetime(now)
-            if not created.HasField("schedule_time"):
-                created.schedule_time.FromDatetime(now)
             recorded: tasks_v2.Task = tasks_v2.Task.wrap(created)
             self._pending.append(recorded)
         return recorded
@@ -54,6 +54,12 @@ class InMemoryTransport:
         """Removes and returns the oldest pending task, or ``None``."""
         with self._lock:
             return self._pending.pop(0) if self._pending else None
+
+    def clear(self) -> None:
+        """Forgets every pending task and every name seen."""
+        with self._lock:
+            self._pending.clear()
+            self._names.clear()
 
     def put_back(self, task: tasks_v2.Task) -> None:
         """Queues a task taken with :meth:`take` again (a retry), at the back."""

@@ -35,7 +35,7 @@ GAE = Settings(
 
 def build(settings: Settings = RUN, **options: Any) -> tasks_v2.Task:
     parsed, _ = split_options(options, now=NOW)
-    return build_task(BODY, parsed, settings, parent=PARENT, now=NOW)
+    return build_task(BODY, parsed, settings, parent=PARENT)
 
 
 def test_http_task_for_cloud_run() -> None:
@@ -182,7 +182,14 @@ def test_dev_mode_puts_a_signed_token_in_the_headers_instead_of_oidc_token() -> 
         minted.append((audience, valid_from))
         return key.mint(email="dev@x", audience=audience, valid_from=valid_from)
 
-    task = build_task(BODY, parsed, settings, parent=PARENT, now=NOW, dev_token=mint)
+    task = build_task(BODY, parsed, settings, parent=PARENT, dev_token=mint)
     assert "oidc_token" not in task.http_request
     assert task.http_request.headers["Authorization"].startswith("Bearer ey")
     assert minted == [("https://svc-abc.a.run.app", NOW + timedelta(seconds=60))]
+
+
+def test_schedule_time_keeps_microseconds() -> None:
+    eta = datetime(2026, 3, 2, 8, 0, 0, 123456, tzinfo=UTC)
+    task = build(_eta=eta)
+    assert task.schedule_time == eta
+    assert tasks_v2.Task.pb(task).schedule_time.nanos == 123456000

@@ -23,7 +23,7 @@ def test_options_never_reach_the_callable() -> None:
         {"a": 1, "b": None, "_countdown": 5, "_queue": "mail", "_headers": {"X-A": "1"}}, now=NOW
     )
     assert call_kwargs == {"a": 1, "b": None}
-    assert options.countdown == 5.0
+    assert options.schedule_time == NOW + timedelta(seconds=5)
     assert options.queue == "mail"
     assert options.headers == {"X-A": "1"}
 
@@ -32,7 +32,13 @@ def test_defaults() -> None:
     options = parse()
     assert options == TaskOptions()
     assert options.url == DEFAULT_URL == "/_ah/queue/deferred"
-    assert options.schedule_time(NOW) is None
+    assert options.schedule_time is None
+
+
+def test_calls_without_options_keep_their_kwargs() -> None:
+    options, call_kwargs = split_options({"a": 1})
+    assert options == TaskOptions()
+    assert call_kwargs == {"a": 1}
 
 
 def test_none_means_default_as_in_the_legacy_api() -> None:
@@ -40,21 +46,28 @@ def test_none_means_default_as_in_the_legacy_api() -> None:
 
 
 def test_countdown_schedules_relative_to_now() -> None:
-    assert parse(_countdown=90).schedule_time(NOW) == NOW + timedelta(seconds=90)
-    assert parse(_countdown=0.5).schedule_time(NOW) == NOW + timedelta(seconds=0.5)
+    assert parse(_countdown=90).schedule_time == NOW + timedelta(seconds=90)
+    assert parse(_countdown=0.5).schedule_time == NOW + timedelta(seconds=0.5)
+
+
+def test_countdown_reads_the_clock_when_no_now_is_given() -> None:
+    before = datetime.now(UTC)
+    options, _ = split_options({"_countdown": 60})
+    assert options.schedule_time is not None
+    assert before + timedelta(seconds=60) <= options.schedule_time
+    assert options.schedule_time <= datetime.now(UTC) + timedelta(seconds=60)
 
 
 def test_naive_eta_is_utc_and_aware_eta_is_converted() -> None:
     naive = datetime(2026, 1, 2, 8, 30)
-    assert parse(_eta=naive).eta == datetime(2026, 1, 2, 8, 30, tzinfo=UTC)
+    assert parse(_eta=naive).schedule_time == datetime(2026, 1, 2, 8, 30, tzinfo=UTC)
     paris = timezone(timedelta(hours=1))
     aware = datetime(2026, 1, 2, 9, 30, tzinfo=paris)
-    assert parse(_eta=aware).eta == datetime(2026, 1, 2, 8, 30, tzinfo=UTC)
-    assert parse(_eta=aware).schedule_time(NOW) == datetime(2026, 1, 2, 8, 30, tzinfo=UTC)
+    assert parse(_eta=aware).schedule_time == datetime(2026, 1, 2, 8, 30, tzinfo=UTC)
 
 
 def test_past_eta_is_allowed() -> None:
-    assert parse(_eta=NOW - timedelta(days=3)).eta == NOW - timedelta(days=3)
+    assert parse(_eta=NOW - timedelta(days=3)).schedule_time == NOW - timedelta(days=3)
 
 
 def test_dispatch_deadline_accepts_seconds_or_timedelta() -> None:

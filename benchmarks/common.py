@@ -1,0 +1,72 @@
+"""What every benchmark shares: the result row and interleaved timing."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """One row of the report.
+
+    Attributes:
+        key: Short id, e.g. ``"P1"``.
+        title: What is compared.
+        value: The measured ratio or quantity.
+        unit: ``"x"`` for ratios, else the unit of ``value``.
+        target: The bound ``value`` should stay within; ``None`` for a figure
+            reported for information.
+        detail: The raw measurements behind ``value``.
+        higher_is_better: Whether ``target`` is a lower bound.
+    """
+
+    key: str
+    title: str
+    value: float
+    unit: str
+    target: float | None
+    detail: str
+    higher_is_better: bool = False
+
+    @property
+    def met(self) -> bool | None:
+        if self.target is None:
+            return None
+        return self.value >= self.target if self.higher_is_better else self.value <= self.target
+
+    def row(self) -> tuple[str, str, str, str, str]:
+        if self.target is None:
+            return self.key, self.title, self._format(self.value), "(info)", ""
+        bound = ">=" if self.higher_is_better else "<="
+        target = f"{bound} {self._format(self.target)}"
+        return self.key, self.title, self._format(self.value), target, "yes" if self.met else "NO"
+
+    def _format(self, number: float) -> str:
+        return f"{number:.2f}x" if self.unit == "x" else f"{number:.0f} {self.unit}"
+
+
+def interleaved(
+    a: Callable[[], None], b: Callable[[], None], *, rounds: int, between: Callable[[], None]
+) -> tuple[list[float], list[float]]:
+    """Times ``a`` and ``b`` alternately (ABBA order cancels drift), ``between`` after each.
+
+    Returns:
+        Seconds per round for ``a`` and for ``b``.
+    """
+    times_a: list[float] = []
+    times_b: list[float] = []
+    for index in range(rounds):
+        order = ((a, times_a), (b, times_b)) if index % 2 == 0 else ((b, times_b), (a, times_a))
+        for func, times in order:
+            started = time.perf_counter()
+            func()
+            times.append(time.perf_counter() - started)
+            between()
+    return times_a, times_b
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)

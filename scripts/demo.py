@@ -1,0 +1,192 @@
+"""The demo: the Flask counter sample on both local emulators, driven end to end.
+
+Starts the Datastore emulator and the Cloud Tasks emulator on 127.0.0.1, serves
+samples/flask/main.py (the App Engine docs' sample with only its imports changed)
+in dev mode, then:
+
+1. GET /counter/increment, which defers three tasks: one now, one with
+   ``_countdown=20``, one with ``_countdown=40`` to the custom ``/custom/path``;
+2. defers ``demo_tasks.flaky``, which raises SingularTaskFailure on its first
+   attempt and succeeds on the retry;
+3. waits until all of them ran, printing what the app logs, and prints the final
+   counter (30); then stops everything. Exits 1 if anything did not happen.
+
+Run it with ``scripts/demo`` (which installs what is needed first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from google.cloud import ndb
+
+from cloudtasks_deferred import Client, Settings
+from cloudtasks_deferred.emulators import CloudTasksEmulator, DatastoreEmulator, free_port
+from cloudtasks_deferred.settings import queue_path
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "samples" / "flask"
+PROJECT = "demo-project"
+LOCATION = "us-central1"
+EXPECTED_COUNT = 30
+
+
+def say(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
+        return str(response.read().decode())
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.25)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def relay(stream: object) -> None:
+    for line in iter(stream.readline, ""):  # type: ignore[attr-defined]
+        print(f"[app ] {line.rstrip()}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks-emulator", metavar="HOST:PORT", help="use a running one")
+    parser.add_argument("--datastore-emulator", metavar="HOST:PORT", help="use a running one")
+    args = parser.parse_args(argv)
+    queue = queue_path(PROJECT, LOCATION, "default")
+    with contextlib.ExitStack() as stack:
+        if args.datastore_emulator:
+            datastore_host = args.datastore_emulator
+        else:
+            say("starting the Datastore emulator on 127.0.0.1")
+            datastore_host = stack.enter_context(DatastoreEmulator(project=PROJECT)).host
+        if args.tasks_emulator:
+            tasks_host = args.tasks_emulator
+            _ensure_queue(tasks_host, queue)
+        else:
+            say("starting the Cloud Tasks emulator on 127.0.0.1")
+            tasks_host = stack.enter_context(CloudTasksEmulator(queues=[queue])).host
+        say(f"Datastore emulator on {datastore_host}, Cloud Tasks emulator on {tasks_host}")
+        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="cloudtasks-demo-"))
+        base_url = f"http://127.0.0.1:{free_port()}"
+        # The app and this driver read the same configuration from the environment.
+        os.environ.update({
+            "DATASTORE_EMULATOR_HOST": datastore_host,
+            "DATASTORE_PROJECT_ID": PROJECT,
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
+            "CLOUD_TASKS_EMULATOR_HOST": tasks_host,
+            "CLOUDTASKS_DEFERRED_LOCATION": LOCATION,
+            "CLOUDTASKS_DEFERRED_BASE_URL": base_url,
+            "CLOUDTASKS_DEFERRED_DEV_MODE": "true",
+            "CLOUDTASKS_DEFERRED_DEV_KEY_FILE": str(Path(workdir) / "dev-key.pem"),
+            "PYTHONUNBUFFERED": "1",
+        })  # fmt: skip
+        return drive(base_url)
+
+
+def _ensure_queue(host: str, name: str) -> None:
+    from google.api_core import exceptions
+    from google.cloud import tasks_v2
+
+    from cloudtasks_deferred.transports.cloud_tasks import shared_client
+
+    parent = name.rsplit("/queues/", 1)[0]
+    with contextlib.suppress(exceptions.AlreadyExists):
+        shared_client(host).create_queue(parent=parent, queue=tasks_v2.Queue(name=name))
+
+
+def drive(base_url: str) -> int:
+    port = base_url.rsplit(":", 1)[1]
+    say(f"serving samples/flask/main.py on {base_url} (dev mode: locally signed task tokens)")
+    app = subprocess.Popen(
+        [sys.executable, "-m", "cloudtasks_deferred.devserver", "main:app", "--port", port,
+         "--app-dir", str(SAMPLE)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    threading.Thread(target=relay, args=(app.stdout,), daemon=True).start()
+    try:
+
+        def app_ready() -> bool:
+            if app.poll() is not None:
+                raise TimeoutError(f"the app exited with status {app.returncode}")
+            return _answers(f"{base_url}/counter/get")
+
+        wait_until("the app", app_ready, timeout=30)
+        say(f"GET /counter/get -> {get(f'{base_url}/counter/get')}")
+        say(f"GET /counter/increment -> {get(f'{base_url}/counter/increment')!r}")
+
+        # Deferred from this process: the same settings, read from the same environment.
+        sys.path.insert(0, str(SAMPLE))
+        import demo_tasks
+
+        client = Client(Settings.from_env())
+        task = client.defer(demo_tasks.flaky, "demo")
+        say(f"deferred demo_tasks.flaky('demo') as {task.name.rsplit('/', 1)[1]}")
+
+        with ndb.Client(project=PROJECT).context():
+            wait_until("demo_tasks.flaky to succeed", lambda: _flaky_succeeded(demo_tasks), 30)
+            attempt = demo_tasks.DemoAttempt.get_by_id("demo", use_cache=False)
+        say(f"demo_tasks.flaky succeeded after {attempt.attempts} attempts (one retry)")
+
+        counts: list[str] = []
+        for target in ("10", "20", "30"):
+            when = {"10": "now", "20": "after _countdown=20", "30": "after _countdown=40"}[target]
+            say(f"waiting for the counter to reach {target} (the task deferred {when})...")
+            wait_until(f"counter {target}", lambda t=target: _counter(base_url, counts) == t, 70)
+        final = get(f"{base_url}/counter/get")
+        say(f"final counter: {final}")
+        if int(final) != EXPECTED_COUNT:
+            say(f"expected {EXPECTED_COUNT}")
+            return 1
+        say("all tasks ran; stopping the app and the emulators")
+        return 0
+    except TimeoutError as exc:
+        say(str(exc))
+        return 1
+    finally:
+        app.terminate()
+        app.wait(10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        get(url)
+    except OSError:
+        return False
+    return True
+
+
+def _counter(base_url: str, seen: list[str]) -> str:
+    value = get(f"{base_url}/counter/get")
+    if not seen or seen[-1] != value:
+        seen.append(value)
+        say(f"counter is {value}")
+    return value
+
+
+def _flaky_succeeded(demo_tasks: object) -> bool:
+    model = demo_tasks.DemoAttempt  # type: ignore[attr-defined]
+    record = model.get_by_id("demo", use_cache=False, use_global_cache=False)
+    return bool(record and record.succeeded)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
