@@ -33,8 +33,9 @@ from google.cloud import tasks_v2
 
 from . import limits
 from .errors import ConfigurationError, TaskAlreadyExistsError, TombstonedTaskError
+from .frame import encode
 from .options import TaskOptions, split_options
-from .payload import frame, serialize
+from .payload import serialize
 from .retry import RetryOptionsWarning
 from .settings import Platform, Settings, origin
 
@@ -79,7 +80,7 @@ def enqueue(
             )
         metadata["retry"] = options.retry_options.to_metadata()
         metadata["t0"] = (options.schedule_time or datetime.now(UTC)).timestamp()
-    body = frame(serialize(obj, *args, **call_kwargs), metadata)
+    body = encode(serialize(obj, *args, **call_kwargs), metadata)
     parent = client.queue_path(options.queue)
     task = build_task(
         body,

@@ -45,7 +45,8 @@ from .auth import AuthenticationError, CertsUnavailableError
 from .context import TaskInfo, running
 from .deadletters import DeadLetter
 from .errors import PermanentTaskFailure, SingularTaskFailure
-from .payload import describe_callable, load_call, unframe
+from .frame import decode
+from .payload import describe_callable, load_call
 from .retry import give_up_reason
 from .settings import Settings
 
@@ -300,8 +301,9 @@ class Handler:
         error: Exception | None = None
         try:
             with client.bind(), running(task), client.ndb_context():
-                metadata, pickled = unframe(body)
-                func, args, kwargs = load_call(pickled)
+                decoded = decode(body)
+                metadata = decoded.metadata
+                func, args, kwargs = load_call(decoded.pickled)
                 name = describe_callable(func, args)
                 func(*args, **kwargs)
         except Exception as exc:

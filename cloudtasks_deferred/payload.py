@@ -15,58 +15,21 @@ their instances cannot: :func:`serialize` raises the error the standard library'
 pickle raises (``pickle.PicklingError`` or ``AttributeError``), at ``defer`` time
 rather than when the task runs. Arguments must be picklable too.
 
-On the wire a task body is a *frame*: the magic ``b"\\x89CTD"``, a version byte, a
-flags byte, a two-byte length and that many bytes of JSON metadata (options the
-handler enforces, such as retry limits), then the pickle. A bare pickle (what the
-legacy :func:`serialize` returned) is accepted as a body too.
+On the wire the pickle travels in a frame (:mod:`cloudtasks_deferred.frame`).
 """
 
 from __future__ import annotations
 
-import json
 import pickle
-import struct
 import types
-from collections.abc import Callable, Mapping
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any
 
-from .errors import PermanentTaskFailure
+from .frame import InvalidPayloadError, decode
 
-__all__ = [
-    "FRAME_MAGIC",
-    "InvalidPayloadError",
-    "UnsupportedPayloadError",
-    "describe_callable",
-    "frame",
-    "invoke_member",
-    "load_call",
-    "run",
-    "serialize",
-    "unframe",
-]
-
-FRAME_MAGIC: Final = b"\x89CTD"
-_FRAME_VERSION: Final = 1
-_HEADER: Final = struct.Struct(">4sBBH")  # magic, version, flags, metadata length
-_PICKLE_PROTO: Final = 0x80  # first byte of every pickle of protocol 2 or later
-_KNOWN_FLAGS: Final = 0  # no flag is defined by this version of the format
+__all__ = ["describe_callable", "invoke_member", "load_call", "run", "serialize"]
 
 Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
-
-
-class InvalidPayloadError(PermanentTaskFailure):
-    """The body is not a task payload: not a frame, a truncated frame or a bad pickle.
-
-    A permanent failure: delivering the same bytes again cannot succeed.
-    """
-
-
-class UnsupportedPayloadError(Exception):
-    """The payload uses a frame version or feature this deployment does not know.
-
-    Not permanent: a newer version of the code enqueued it, and the task succeeds
-    once that version serves the handler, so Cloud Tasks should retry (HTTP 500).
-    """
 
 
 def invoke_member(obj: Any, membername: str, *args: Any, **kwargs: Any) -> Any:
@@ -109,7 +72,8 @@ def run(data: bytes) -> Any:
     """Unpickles and executes a task.
 
     Args:
-        data: A frame, or a pickled ``(callable, args, kwargs)`` tuple as returned by
+        data: A frame (its signature, if any, is not checked: ``run`` trusts its
+            input), or a pickled ``(callable, args, kwargs)`` tuple as returned by
             :func:`serialize`.
 
     Returns:
@@ -117,14 +81,13 @@ def run(data: bytes) -> Any:
 
     Raises:
         PermanentTaskFailure: ``data`` is not a valid payload (as
-            :class:`InvalidPayloadError`).
+            :class:`~cloudtasks_deferred.frame.InvalidPayloadError`).
         ImportError, AttributeError: The pickle names code this deployment lacks;
             unlike the legacy library these are not permanent, because a rolling
             deploy fixes them.
         UnsupportedPayloadError: The frame needs a newer version of this library.
     """
-    _, pickled = unframe(data)
-    func, args, kwargs = load_call(pickled)
+    func, args, kwargs = load_call(decode(data).pickled)
     return func(*args, **kwargs)
 
 
@@ -145,62 +108,11 @@ def describe_callable(func: Callable[..., Any], args: tuple[Any, ...] = ()) -> s
     return _qualified_name(func)
 
 
-def frame(pickled: bytes, metadata: Mapping[str, Any] | None = None) -> bytes:
-    """Wraps a pickle in the task frame.
-
-    Args:
-        pickled: Output of :func:`serialize`.
-        metadata: JSON-serializable options for the handler (may be empty).
-
-    Returns:
-        The task body.
-    """
-    meta = json.dumps(metadata, separators=(",", ":")).encode() if metadata else b""
-    return _HEADER.pack(FRAME_MAGIC, _FRAME_VERSION, 0, len(meta)) + meta + pickled
-
-
-def unframe(data: bytes) -> tuple[dict[str, Any], bytes]:
-    """Splits a task body into its metadata and its pickle.
-
-    Args:
-        data: A frame, or a bare pickle of protocol 2 or later.
-
-    Returns:
-        ``(metadata, pickle)``; the metadata is empty for a bare pickle.
-
-    Raises:
-        InvalidPayloadError: ``data`` is neither.
-        UnsupportedPayloadError: The frame's version or flags are newer than this code.
-    """
-    if not data.startswith(FRAME_MAGIC):
-        if data[:1] == bytes([_PICKLE_PROTO]):
-            return {}, data
-        raise InvalidPayloadError("the body is not a deferred task payload")
-    if len(data) < _HEADER.size:
-        raise InvalidPayloadError("the payload frame is truncated")
-    _, version, flags, meta_len = _HEADER.unpack_from(data)
-    if version != _FRAME_VERSION or flags & ~_KNOWN_FLAGS:
-        raise UnsupportedPayloadError(
-            f"payload frame version {version} with flags {flags:#04x} needs a newer "
-            "cloudtasks_deferred than this deployment runs"
-        )
-    body_start = _HEADER.size + meta_len
-    if len(data) < body_start:
-        raise InvalidPayloadError("the payload frame is truncated")
-    try:
-        metadata = json.loads(data[_HEADER.size : body_start]) if meta_len else {}
-    except ValueError as exc:
-        raise InvalidPayloadError("the payload metadata is not JSON") from exc
-    if not isinstance(metadata, dict):
-        raise InvalidPayloadError("the payload metadata is not a JSON object")
-    return metadata, data[body_start:]
-
-
 def load_call(pickled: bytes) -> Call:
     """Unpickles a ``(callable, args, kwargs)`` tuple. Only call it on trusted bytes.
 
     Args:
-        pickled: The pickle from :func:`unframe`.
+        pickled: The pickle from :func:`cloudtasks_deferred.frame.decode`.
 
     Returns:
         The callable and its arguments.

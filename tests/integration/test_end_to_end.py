@@ -12,7 +12,8 @@ import requests
 from google.cloud import tasks_v2
 
 from cloudtasks_deferred import Client, Handler, Settings, deferred, wrap_wsgi_app
-from cloudtasks_deferred.payload import frame, serialize
+from cloudtasks_deferred.frame import encode
+from cloudtasks_deferred.payload import serialize
 from cloudtasks_deferred.settings import queue_path
 from tests import tasks
 from tests.integration.conftest import LOCATION, PROJECT, Server
@@ -119,7 +120,7 @@ def test_oidc_tokens_verified_with_certificates_fetched_over_http(
                     url=f"{server.url}/_ah/queue/deferred",
                     http_method=tasks_v2.HttpMethod.POST,
                     headers={"Authorization": f"Bearer {token}"},
-                    body=frame(serialize(tasks.record, value)),
+                    body=encode(serialize(tasks.record, value)),
                 )
             ),
         )

@@ -21,7 +21,7 @@ from cloudtasks_deferred import (
     deferred,
 )
 from cloudtasks_deferred.client import current_client, default_client
-from cloudtasks_deferred.payload import unframe
+from cloudtasks_deferred.frame import decode
 from cloudtasks_deferred.retry import RetryOptionsWarning
 from cloudtasks_deferred.settings import Platform
 from cloudtasks_deferred.transports.cloud_tasks import CloudTasksTransport, shared_client
@@ -65,13 +65,13 @@ def test_retry_options_travel_in_the_frame() -> None:
     task = client().defer(
         tasks.record, _retry_options=TaskRetryOptions(task_retry_limit=3), _countdown=10
     )
-    metadata, _ = unframe(task.http_request.body)
+    metadata = decode(task.http_request.body).metadata
     assert metadata["retry"] == {"task_retry_limit": 3}
     assert metadata["t0"] == pytest.approx(task.schedule_time.timestamp(), abs=0.01)
 
 
 def test_no_metadata_without_retry_options() -> None:
-    metadata, _ = unframe(client().defer(tasks.record).http_request.body)
+    metadata = decode(client().defer(tasks.record).http_request.body).metadata
     assert metadata == {}
 
 

@@ -22,14 +22,14 @@ from cloudtasks_deferred import (
 from cloudtasks_deferred.auth import authenticator_for
 from cloudtasks_deferred.auth.certs import CachedCerts, StaticCerts
 from cloudtasks_deferred.deadletters import InMemoryDeadLetters
-from cloudtasks_deferred.handler import Outcome, outcome_of, response_for
-from cloudtasks_deferred.payload import (
-    FRAME_MAGIC,
+from cloudtasks_deferred.frame import (
+    MAGIC,
     InvalidPayloadError,
     UnsupportedPayloadError,
-    frame,
-    serialize,
+    encode,
 )
+from cloudtasks_deferred.handler import Outcome, outcome_of, response_for
+from cloudtasks_deferred.payload import serialize
 from cloudtasks_deferred.transports.memory import InMemoryTransport
 from tests import tasks
 from tests.oidc import AUDIENCE, INVOKER, Issuer
@@ -118,7 +118,7 @@ def auth(issuer: Issuer) -> dict[str, str]:
 
 
 def payload(func: Any, *args: Any, _meta: dict[str, Any] | None = None, **kwargs: Any) -> bytes:
-    return frame(serialize(func, *args, **kwargs), _meta)
+    return encode(serialize(func, *args, **kwargs), _meta)
 
 
 def test_success(handler: Handler, auth: dict[str, str]) -> None:
@@ -234,7 +234,7 @@ def test_permanent_failure_gets_200_logged_and_dead_lettered(
 
 
 @pytest.mark.parametrize(
-    "body", [b"garbage", b"\x80\x05\x95truncated", FRAME_MAGIC + b"\x01\x00\x00\x00nonsense"]
+    "body", [b"garbage", b"\x80\x05\x95truncated", MAGIC + b"\x01\x00\x00\x00nonsense"]
 )
 def test_a_body_that_is_no_payload_is_a_permanent_failure(
     handler: Handler, client: Client, auth: dict[str, str], body: bytes
@@ -269,7 +269,7 @@ def test_missing_code_gets_500_so_a_deploy_can_fix_it(
 
 
 def test_newer_frame_gets_500(handler: Handler, auth: dict[str, str]) -> None:
-    body = FRAME_MAGIC + b"\x02\x00\x00\x00" + serialize(tasks.record)
+    body = MAGIC + b"\x02\x00\x00\x00" + serialize(tasks.record)
     assert call(handler, environ(body, headers=auth)).code == 500
 
 

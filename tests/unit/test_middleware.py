@@ -10,8 +10,9 @@ from cloudtasks_deferred import Client, Handler, Settings, deferred, wrap_wsgi_a
 from cloudtasks_deferred.auth import authenticator_for
 from cloudtasks_deferred.auth.certs import StaticCerts
 from cloudtasks_deferred.client import current_client
+from cloudtasks_deferred.frame import encode
 from cloudtasks_deferred.middleware import DeferredMiddleware
-from cloudtasks_deferred.payload import frame, serialize
+from cloudtasks_deferred.payload import serialize
 from cloudtasks_deferred.testing import in_memory_queue
 from cloudtasks_deferred.transports.memory import InMemoryTransport
 from tests import tasks
@@ -94,7 +95,7 @@ def test_legacy_positional_and_keyword_forms_are_accepted() -> None:
 
 
 def payload() -> bytes:
-    return frame(serialize(tasks.record, "task"))
+    return encode(serialize(tasks.record, "task"))
 
 
 @pytest.fixture

@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import datetime
 import pickle
-import struct
 from typing import Any
 
 import pytest
 
-from cloudtasks_deferred import PermanentTaskFailure, deferred
-from cloudtasks_deferred.payload import (
-    FRAME_MAGIC,
-    InvalidPayloadError,
-    UnsupportedPayloadError,
-    describe_callable,
-    frame,
-    invoke_member,
-    load_call,
-    run,
-    serialize,
-    unframe,
-)
+from cloudtasks_deferred import deferred
+from cloudtasks_deferred.frame import InvalidPayloadError, encode
+from cloudtasks_deferred.payload import describe_callable, invoke_member, load_call, run, serialize
 from tests import tasks
 from tests.tasks import RECORDER
 
@@ -115,50 +104,12 @@ def test_non_callables_are_refused() -> None:
         serialize(42)  # type: ignore[arg-type]
 
 
-def test_frame_round_trip_with_metadata() -> None:
-    pickled = serialize(tasks.record, 1)
-    body = frame(pickled, {"retry": {"task_retry_limit": 2}})
-    assert body.startswith(FRAME_MAGIC)
-    assert unframe(body) == ({"retry": {"task_retry_limit": 2}}, pickled)
-    assert unframe(frame(pickled)) == ({}, pickled)
-
-
 def test_run_accepts_frames_and_bare_legacy_pickles() -> None:
     pickled = serialize(tasks.record, 7)
-    assert run(frame(pickled)) == "recorded"
+    assert run(encode(pickled)) == "recorded"
+    assert run(encode(pickled, compress=True)) == "recorded"
     assert run(pickled) == "recorded"
-    assert RECORDER.named("record") == [7, 7]
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        pytest.param(b"", id="empty"),
-        pytest.param(b"hello", id="text"),
-        pytest.param(b"\x89CT", id="short magic"),
-        pytest.param(FRAME_MAGIC + b"\x01\x00", id="truncated header"),
-        pytest.param(FRAME_MAGIC + b"\x01\x00\x00\x10{}", id="truncated metadata"),
-        pytest.param(FRAME_MAGIC + b"\x01\x00\x00\x02[]" + b"\x80\x05N.", id="metadata not object"),
-        pytest.param(FRAME_MAGIC + b"\x01\x00\x00\x03{x}" + b"\x80\x05N.", id="metadata not json"),
-    ],
-)
-def test_bodies_that_are_not_payloads_are_invalid(body: bytes) -> None:
-    with pytest.raises(InvalidPayloadError):
-        unframe(body)
-
-
-def test_invalid_payloads_are_permanent_failures() -> None:
-    assert issubclass(InvalidPayloadError, PermanentTaskFailure)
-
-
-@pytest.mark.parametrize(
-    ("version", "flags"), [(2, 0), (1, 0x80)], ids=["newer version", "unknown flag"]
-)
-def test_newer_frames_are_not_permanent_failures(version: int, flags: int) -> None:
-    body = struct.pack(">4sBBH", FRAME_MAGIC, version, flags, 0) + serialize(tasks.record)
-    with pytest.raises(UnsupportedPayloadError, match="newer"):
-        unframe(body)
-    assert not issubclass(UnsupportedPayloadError, PermanentTaskFailure)
+    assert RECORDER.named("record") == [7, 7, 7]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,180 @@
+"""The frame: metadata, compression with a bound, HMAC signatures checked first."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import pytest
+
+from cloudtasks_deferred import PermanentTaskFailure
+from cloudtasks_deferred.frame import (
+    FLAG_COMPRESSED,
+    FLAG_SIGNED,
+    MAGIC,
+    DecodedFrame,
+    InvalidPayloadError,
+    PayloadSignatureError,
+    SigningKey,
+    UnsupportedPayloadError,
+    decode,
+    encode,
+)
+from cloudtasks_deferred.payload import serialize
+from tests import tasks
+
+PICKLED = serialize(tasks.record, "x" * 1000)
+KEY = SigningKey("k1", b"s" * 32)
+OTHER = SigningKey("k2", b"t" * 32)
+KEYS = {KEY.key_id: KEY.secret, OTHER.key_id: OTHER.secret}
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("signing_key", [None, KEY])
+def test_round_trip(compress: bool, signing_key: SigningKey | None) -> None:
+    metadata = {"retry": {"task_retry_limit": 2}}
+    body = encode(PICKLED, metadata, compress=compress, signing_key=signing_key)
+    assert body.startswith(MAGIC)
+    decoded = decode(body, keys=KEYS)
+    assert decoded == DecodedFrame(
+        metadata=metadata,
+        pickled=PICKLED,
+        key_id=signing_key.key_id if signing_key else None,
+        compressed=compress,
+    )
+
+
+def test_compression_shrinks_compressible_payloads() -> None:
+    assert len(encode(PICKLED, compress=True)) < len(PICKLED) // 5
+
+
+def test_bare_pickles_are_unsigned_legacy_bodies() -> None:
+    assert decode(PICKLED) == DecodedFrame(metadata={}, pickled=PICKLED)
+
+
+def test_signatures_are_not_checked_without_keys() -> None:
+    body = encode(PICKLED, signing_key=KEY)
+    assert decode(body).key_id is None
+    assert decode(body).pickled == PICKLED
+
+
+def test_any_configured_key_verifies_for_rotation() -> None:
+    assert decode(encode(PICKLED, signing_key=OTHER), keys=KEYS).key_id == "k2"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        pytest.param(encode(PICKLED), "not signed", id="unsigned frame"),
+        pytest.param(PICKLED, "not signed", id="bare pickle"),
+        pytest.param(b"garbage", "not signed", id="garbage"),
+        pytest.param(
+            encode(PICKLED, signing_key=SigningKey("k9", b"u" * 32)),
+            "unknown key",
+            id="unknown key",
+        ),
+        pytest.param(
+            encode(PICKLED, signing_key=SigningKey("k1", b"w" * 32)),
+            "does not verify",
+            id="wrong secret",
+        ),
+    ],
+)
+def test_required_signatures(body: bytes, message: str) -> None:
+    with pytest.raises(PayloadSignatureError, match=message):
+        decode(body, keys=KEYS, require_signature=True)
+
+
+def test_every_flipped_bit_is_refused() -> None:
+    body = encode(PICKLED, {"a": 1}, compress=True, signing_key=KEY)
+    for index in range(len(body)):
+        for bit in range(8):
+            tampered = bytearray(body)
+            tampered[index] ^= 1 << bit
+            with pytest.raises(
+                (PayloadSignatureError, InvalidPayloadError, UnsupportedPayloadError)
+            ):
+                decode(bytes(tampered), keys=KEYS, require_signature=True)
+
+
+def test_stripping_the_signature_flag_is_refused() -> None:
+    body = bytearray(encode(PICKLED, signing_key=KEY))
+    body[5] &= ~FLAG_SIGNED
+    with pytest.raises((PayloadSignatureError, InvalidPayloadError)):
+        decode(bytes(body), keys=KEYS, require_signature=True)
+
+
+def test_stripping_the_compression_flag_breaks_the_signature() -> None:
+    body = bytearray(encode(PICKLED, compress=True, signing_key=KEY))
+    body[5] &= ~FLAG_COMPRESSED
+    with pytest.raises(PayloadSignatureError):
+        decode(bytes(body), keys=KEYS, require_signature=True)
+
+
+def test_compression_bombs_are_refused() -> None:
+    bomb = encode(b"\x80" + b"\x00" * (10 * 1024 * 1024), compress=True)
+    assert len(bomb) < 20_000
+    with pytest.raises(InvalidPayloadError, match="inflates beyond 1048576 bytes"):
+        decode(bomb, max_pickle_bytes=1024 * 1024)
+
+
+def test_exactly_the_limit_inflates() -> None:
+    body = encode(b"\x80" + b"\x00" * 999, compress=True)
+    assert len(decode(body, max_pickle_bytes=1000).pickled) == 1000
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"hello", id="text"),
+        pytest.param(b"\x89CT", id="short magic"),
+        pytest.param(MAGIC + b"\x01\x00", id="truncated header"),
+        pytest.param(MAGIC + b"\x01\x00\x00\x10{}", id="truncated metadata"),
+        pytest.param(MAGIC + b"\x01\x00\x00\x02[]" + b"\x80\x05N.", id="metadata not object"),
+        pytest.param(MAGIC + b"\x01\x00\x00\x03{x}" + b"\x80\x05N.", id="metadata not json"),
+        pytest.param(MAGIC + b"\x01\x02\x00\x00", id="signed without key id"),
+        pytest.param(MAGIC + b"\x01\x02\x00\x00\x02k1" + b"\x00" * 5, id="truncated mac"),
+        pytest.param(MAGIC + b"\x01\x01\x00\x00" + b"not zlib", id="corrupt zlib"),
+        pytest.param(
+            MAGIC + b"\x01\x01\x00\x00" + zlib.compress(PICKLED)[:-5], id="truncated zlib"
+        ),
+        pytest.param(
+            MAGIC + b"\x01\x01\x00\x00" + zlib.compress(PICKLED) + b"junk", id="zlib trailer"
+        ),
+    ],
+)
+def test_malformed_bodies_are_invalid_payloads(body: bytes) -> None:
+    with pytest.raises(InvalidPayloadError):
+        decode(body, keys=KEYS)
+
+
+def test_invalid_payloads_are_permanent_failures() -> None:
+    assert issubclass(InvalidPayloadError, PermanentTaskFailure)
+
+
+@pytest.mark.parametrize(("version", "flags"), [(2, 0), (1, 0x80)], ids=["version", "flag"])
+def test_newer_frames_are_retryable(version: int, flags: int) -> None:
+    body = struct.pack(">4sBBH", MAGIC, version, flags, 0) + PICKLED
+    with pytest.raises(UnsupportedPayloadError, match="newer"):
+        decode(body)
+    assert not issubclass(UnsupportedPayloadError, PermanentTaskFailure)
+
+
+@pytest.mark.parametrize(
+    ("key_id", "secret", "message"),
+    [
+        ("", b"s" * 32, "must be 1-64"),
+        ("has space", b"s" * 32, "must be 1-64"),
+        ("k" * 65, b"s" * 32, "must be 1-64"),
+        ("k1", b"short", "at least 32 random bytes"),
+    ],
+)
+def test_signing_keys_are_validated(key_id: str, secret: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SigningKey(key_id, secret)
+
+
+def test_signing_key_repr_hides_the_secret() -> None:
+    assert "sss" not in repr(KEY)
+    assert repr(KEY) == "SigningKey(key_id='k1', secret=<32 bytes>)"
