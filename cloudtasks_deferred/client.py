@@ -29,6 +29,7 @@ from datetime import datetime
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from ._memo import once_per_process
 from .auth import Authenticator, authenticator_for
 from .auth.dev import DEV_INVOKER, DevKey, dev_key
 from .deadletters import DeadLetterSink, LoggingDeadLetters
@@ -224,17 +225,9 @@ def default_client() -> Client:
     return Client()
 
 
-_ndb_lock = threading.Lock()
-
-
+@once_per_process
 def shared_ndb_client(project: str | None) -> Any:
     """Returns the process's ``google.cloud.ndb.Client`` for ``project``."""
-    with _ndb_lock:
-        return _ndb_client(project)
-
-
-@functools.cache
-def _ndb_client(project: str | None) -> Any:
     return importlib.import_module("google.cloud.ndb").Client(project=project)
 
 

@@ -7,8 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from cloudtasks_deferred import Client, Settings
+from cloudtasks_deferred.auth import authenticator_for
+from cloudtasks_deferred.auth.certs import StaticCerts
 from cloudtasks_deferred.client import default_client
-from tests.oidc import CertsServer, Issuer
+from cloudtasks_deferred.deadletters import InMemoryDeadLetters
+from cloudtasks_deferred.transports.memory import InMemoryTransport
+from tests.oidc import AUDIENCE, INVOKER, CertsServer, Issuer
 from tests.tasks import RECORDER
 
 _VARIABLES = (
@@ -53,3 +58,20 @@ def certs_server(issuer: Issuer) -> Iterator[CertsServer]:
     """The issuer's certificates served over HTTP on loopback."""
     with CertsServer(issuer.certs).running() as server:
         yield server
+
+
+#: HTTP tasks for https://tasks.test, invoked by the test issuer's service account.
+SIGNED_SETTINGS = Settings(
+    project="p", location="us-central1", base_url=AUDIENCE, service_account=INVOKER, ndb=False
+)
+
+
+@pytest.fixture
+def signed_client(issuer: Issuer) -> Client:
+    """A client with an in-memory transport whose handler trusts the test issuer's tokens."""
+    return Client(
+        SIGNED_SETTINGS,
+        transport=InMemoryTransport(),
+        authenticator=authenticator_for(SIGNED_SETTINGS, certs=StaticCerts(issuer.certs)),
+        dead_letters=InMemoryDeadLetters(),
+    )

@@ -17,7 +17,6 @@ them for the ``Cache-Control: max-age`` the endpoint sends:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import re
@@ -25,6 +24,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Final, Protocol
+
+from cloudtasks_deferred._memo import once_per_process
 
 __all__ = [
     "CachedCerts",
@@ -159,7 +160,7 @@ class CachedCerts:
         return self._snapshot
 
 
-@functools.cache
+@once_per_process
 def shared_certs(url: str) -> CachedCerts:
     """Returns the process-wide cache for ``url``, so that every handler shares one."""
     return CachedCerts(url)

@@ -12,13 +12,13 @@ Cloud Run, so a deployed service never accepts the local key.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
-import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
+
+from cloudtasks_deferred._memo import once_per_process
 
 __all__ = ["DEV_INVOKER", "DevKey", "dev_key"]
 
@@ -99,17 +99,9 @@ class DevKey:
         return token.decode()
 
 
-_load_lock = threading.Lock()
-
-
+@once_per_process
 def dev_key(path: Path | None) -> DevKey:
     """Returns the process's dev key for ``path`` (a per-process key when ``None``)."""
-    with _load_lock:
-        return _dev_key(path)
-
-
-@functools.cache
-def _dev_key(path: Path | None) -> DevKey:
     return DevKey.generate() if path is None else DevKey.load_or_create(path)
 
 

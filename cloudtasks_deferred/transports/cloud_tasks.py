@@ -9,12 +9,12 @@ application default credentials.
 
 from __future__ import annotations
 
-import functools
-import threading
 from typing import Final
 
 from google.api_core import exceptions, retry
 from google.cloud import tasks_v2
+
+from cloudtasks_deferred._memo import once_per_process
 
 __all__ = ["CREATE_RETRY", "CloudTasksTransport", "shared_client"]
 
@@ -29,21 +29,14 @@ CREATE_RETRY: Final = retry.Retry(
 #: Seconds a single ``CreateTask`` call may take.
 CREATE_TIMEOUT: Final = 20.0
 
-_client_lock = threading.Lock()
 
-
+@once_per_process
 def shared_client(emulator_host: str | None) -> tasks_v2.CloudTasksClient:
     """Returns the process's client for the API, or for the emulator at ``emulator_host``.
 
     Args:
         emulator_host: ``host:port`` of a Cloud Tasks emulator, or ``None``.
     """
-    with _client_lock:
-        return _build_client(emulator_host)
-
-
-@functools.cache
-def _build_client(emulator_host: str | None) -> tasks_v2.CloudTasksClient:
     if emulator_host is None:
         return tasks_v2.CloudTasksClient()
     import grpc

@@ -20,7 +20,7 @@ from cloudtasks_deferred import (
     deferred,
 )
 from cloudtasks_deferred.auth import authenticator_for
-from cloudtasks_deferred.auth.certs import CachedCerts, StaticCerts
+from cloudtasks_deferred.auth.certs import CachedCerts
 from cloudtasks_deferred.deadletters import InMemoryDeadLetters
 from cloudtasks_deferred.frame import (
     MAGIC,
@@ -91,13 +91,8 @@ def test_outcome_of(error: BaseException | None, outcome: Outcome) -> None:
 
 
 @pytest.fixture
-def client(issuer: Issuer) -> Client:
-    return Client(
-        SETTINGS,
-        transport=InMemoryTransport(),
-        authenticator=authenticator_for(SETTINGS, certs=StaticCerts(issuer.certs)),
-        dead_letters=InMemoryDeadLetters(),
-    )
+def client(signed_client: Client) -> Client:
+    return signed_client
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ from typing import Any
 import pytest
 
 from cloudtasks_deferred import Client, Handler, Settings, deferred, wrap_wsgi_app
-from cloudtasks_deferred.auth import authenticator_for
-from cloudtasks_deferred.auth.certs import StaticCerts
 from cloudtasks_deferred.client import current_client
 from cloudtasks_deferred.frame import encode
 from cloudtasks_deferred.middleware import DeferredMiddleware
@@ -96,15 +94,6 @@ def test_legacy_positional_and_keyword_forms_are_accepted() -> None:
 
 def payload() -> bytes:
     return encode(serialize(tasks.record, "task"))
-
-
-@pytest.fixture
-def signed_client(issuer: Issuer) -> Client:
-    return Client(
-        SETTINGS,
-        transport=InMemoryTransport(),
-        authenticator=authenticator_for(SETTINGS, certs=StaticCerts(issuer.certs)),
-    )
 
 
 def test_flask(signed_client: Client, issuer: Issuer) -> None:
