@@ -34,6 +34,8 @@ from .auth import Authenticator, authenticator_for
 from .auth.dev import DEV_INVOKER, DevKey, dev_key
 from .deadletters import DeadLetterSink, LoggingDeadLetters
 from .errors import ConfigurationError
+from .frame import decode
+from .payload import OpenedPayload, load_call
 from .settings import Platform, Settings, queue_path
 
 if TYPE_CHECKING:
@@ -112,6 +114,24 @@ class Client:
         """Enqueues ``obj(*args, **kwargs)``; see :func:`cloudtasks_deferred.defer`."""
         task: tasks_v2.Task = _enqueue_module().enqueue(self, obj, args, kwargs)
         return task
+
+    def open_payload(self, body: bytes) -> OpenedPayload:
+        """Decodes and unpickles a task body under this client's rules.
+
+        Every task body the library runs goes through here, so that what a body must
+        satisfy before it is unpickled is decided in one place.
+
+        Args:
+            body: The request body (a frame, or a bare legacy pickle).
+
+        Raises:
+            InvalidPayloadError: The body is not a valid payload (a permanent failure).
+            UnsupportedPayloadError: The frame needs a newer version of the library.
+            ImportError, AttributeError: The pickle names code this deployment lacks.
+        """
+        decoded = decode(body)
+        func, args, kwargs = load_call(decoded.pickled)
+        return OpenedPayload(decoded.metadata, func, args, kwargs)
 
     def queue_path(self, queue: str | None = None) -> str:
         """Returns ``projects/P/locations/L/queues/Q`` for ``queue`` (default: the settings').

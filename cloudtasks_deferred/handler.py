@@ -45,8 +45,6 @@ from .auth import AuthenticationError, CertsUnavailableError
 from .context import TaskInfo, running
 from .deadletters import DeadLetter
 from .errors import PermanentTaskFailure, SingularTaskFailure
-from .frame import decode
-from .payload import describe_callable, load_call
 from .retry import give_up_reason
 from .settings import Settings
 
@@ -301,11 +299,9 @@ class Handler:
         error: Exception | None = None
         try:
             with client.bind(), running(task), client.ndb_context():
-                decoded = decode(body)
-                metadata = decoded.metadata
-                func, args, kwargs = load_call(decoded.pickled)
-                name = describe_callable(func, args)
-                func(*args, **kwargs)
+                payload = client.open_payload(body)
+                metadata, name = payload.metadata, payload.callable_name
+                payload.call()
         except Exception as exc:
             error = exc
         outcome = outcome_of(error)

@@ -20,6 +20,7 @@ On the wire the pickle travels in a frame (:mod:`cloudtasks_deferred.frame`).
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import types
 from collections.abc import Callable
@@ -27,9 +28,42 @@ from typing import Any
 
 from .frame import InvalidPayloadError, decode
 
-__all__ = ["describe_callable", "invoke_member", "load_call", "run", "serialize"]
+__all__ = [
+    "OpenedPayload",
+    "describe_callable",
+    "invoke_member",
+    "load_call",
+    "run",
+    "serialize",
+]
 
 Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenedPayload:
+    """A decoded, unpickled task, ready to run.
+
+    Attributes:
+        metadata: The frame's metadata.
+        func: The callable.
+        args: Its positional arguments.
+        kwargs: Its keyword arguments.
+    """
+
+    metadata: dict[str, Any]
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    @property
+    def callable_name(self) -> str:
+        """``module.qualname`` of the callable, for logs (never the arguments)."""
+        return describe_callable(self.func, self.args)
+
+    def call(self) -> Any:
+        """Runs the task and returns what it returns."""
+        return self.func(*self.args, **self.kwargs)
 
 
 def invoke_member(obj: Any, membername: str, *args: Any, **kwargs: Any) -> Any:
