@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
 
@@ -65,6 +66,29 @@ def _parser() -> argparse.ArgumentParser:
         help="interpreter that has gcloud-tasks-emulator installed (default: this one)",
     )
     emulator.set_defaults(run=_run_emulator)
+
+    queue_yaml = commands.add_parser(
+        "queue-yaml",
+        help="convert an App Engine queue.yaml into the Terraform module's queues",
+        description=(
+            "Converts an App Engine queue.yaml into the queues variable of the Terraform "
+            "module terraform/modules/cloudtasks_deferred, as the rules of gcloud app "
+            "deploy map it to Cloud Tasks. Settings Cloud Tasks cannot carry over (pull "
+            "queues, acl, bucket_size, total_storage_limit) are listed as warnings on "
+            "stderr. Exits 1, naming the queue and the field, when a value is invalid."
+        ),
+    )
+    queue_yaml.add_argument("path", metavar="PATH", help="the queue.yaml file, or - for stdin")
+    queue_yaml.add_argument(
+        "--format",
+        choices=("json", "hcl"),
+        default="json",
+        help="json: a .tfvars.json file (default); hcl: a .tfvars file",
+    )
+    queue_yaml.add_argument(
+        "--output", metavar="FILE", default=None, help="write to FILE instead of stdout"
+    )
+    queue_yaml.set_defaults(run=_run_queue_yaml)
     return parser
 
 
@@ -97,6 +121,33 @@ def _run_emulator(args: argparse.Namespace) -> int:
         stop.wait()
     finally:
         emulator.stop()
+    return EXIT_OK
+
+
+def _run_queue_yaml(args: argparse.Namespace) -> int:
+    from .queue_yaml import QueueYamlError, convert, render_hcl, render_json
+
+    stdin = args.path == "-"
+    source = "<stdin>" if stdin else args.path
+    try:
+        conversion = convert(sys.stdin.read() if stdin else Path(source).read_text("utf-8"))
+    except QueueYamlError as exc:
+        print(f"cloudtasks-deferred queue-yaml: {source}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"cloudtasks-deferred queue-yaml: cannot read {source}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    for warning in conversion.warnings:
+        print(f"cloudtasks-deferred queue-yaml: warning: {warning}", file=sys.stderr)
+    rendered = (render_hcl if args.format == "hcl" else render_json)(conversion)
+    if args.output is None:
+        sys.stdout.write(rendered)
+        return EXIT_OK
+    try:
+        Path(args.output).write_text(rendered, encoding="utf-8")
+    except OSError as exc:
+        print(f"cloudtasks-deferred queue-yaml: cannot write {args.output}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 

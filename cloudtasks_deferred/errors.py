@@ -8,7 +8,8 @@ and ``google.appengine.api.taskqueue``::
      ├── SingularTaskFailure       raise it in a task: retry without an error log (HTTP 408)
      ├── TaskAlreadyExistsError    defer(_name=...) reused a name Cloud Tasks still holds
      │    └── TombstonedTaskError   ... a name whose task ended within the dedupe window
-     └── ConfigurationError        a setting is missing or invalid; the message names it
+     ├── ConfigurationError        a setting is missing or invalid; the message names it
+     └── queue_yaml.QueueYamlError a queue.yaml cannot be converted (also a ValueError)
 
 Invalid arguments to :func:`~cloudtasks_deferred.defer` raise the built-in
 ``TypeError`` or ``ValueError``, naming the offending option. Errors from the Cloud

@@ -6,7 +6,6 @@ A missing emulator skips its tests on a developer's machine and fails them under
 
 from __future__ import annotations
 
-import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -21,18 +20,11 @@ from cloudtasks_deferred import Settings
 from cloudtasks_deferred.emulators import CloudTasksEmulator, DatastoreEmulator
 from cloudtasks_deferred.settings import queue_path
 from cloudtasks_deferred.transports.cloud_tasks import shared_client
+from tests.services import require
 
 PROJECT = "integration-project"
 LOCATION = "us-central1"
 QUEUES = ("default", "mail")
-
-
-def require(available: bool, message: str) -> None:
-    if available:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{message} (CI=true: integration tests must not be skipped)")
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
