@@ -377,70 +377,89 @@ def render(value: Any, *, limit: int = 2000) -> str:
 
     Calls unpickling would make read ``module.name(args)``; objects made with
     ``__new__`` read ``<module.Class object>``; ``, state {...}`` follows what
-    ``__setstate__`` would receive. Long strings and deep nesting are elided.
+    ``__setstate__`` would receive. Long strings, deep nesting and values past the
+    limit are elided, so the work stays proportional to ``limit`` even when a small
+    pickle shares one value many times over.
 
     Args:
         value: A value from :func:`read`.
         limit: Characters at most.
     """
-    text = _render(value, 0, set())
+    text = _Renderer(budget=limit).render(value, 0, frozenset())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _render(value: Any, depth: int, active: set[int]) -> str:  # noqa: PLR0911 - a return per kind
-    if depth > _MAX_DEPTH:
-        return "…"
-    if isinstance(value, (str, bytes, bytearray)):
-        return _short(value)
-    if value is None or isinstance(value, (bool, int, float)):
-        return repr(value)
-    if isinstance(value, (Global, _Opaque)):
-        return str(value) if isinstance(value, Global) else value.text
-    if id(value) in active:
-        return "…"  # a container holding itself, as [...] in Python's repr
-    active = active | {id(value)}
+class _Renderer:
+    def __init__(self, budget: int) -> None:
+        self.budget = budget  # values left to show; each shows as one character or more
 
-    def each(items: Any) -> str:
-        return ", ".join(_render(item, depth + 1, active) for item in items)
+    def render(self, value: Any, depth: int, active: frozenset[int]) -> str:  # noqa: PLR0911 - a return per kind
+        self.budget -= 1
+        if self.budget < 0 or depth > _MAX_DEPTH:
+            return "…"
+        if isinstance(value, (str, bytes, bytearray)):
+            return _short(value)
+        if value is None or isinstance(value, (bool, int, float)):
+            return repr(value)
+        if isinstance(value, (Global, _Opaque, _Name)):
+            return str(value) if isinstance(value, Global) else value.text
+        if id(value) in active:
+            return "…"  # a container holding itself, as [...] in Python's repr
+        active = active | {id(value)}
+        if isinstance(value, tuple):
+            inner = self.each(value, depth, active)
+            return f"({inner},)" if len(value) == 1 else f"({inner})"
+        if isinstance(value, SymbolicList):
+            return f"[{self.each(value.items, depth, active)}]"
+        if isinstance(value, SymbolicSet):
+            inner = f"{{{self.each(value.items, depth, active)}}}" if value.items else ""
+            return f"frozenset({inner})" if value.frozen else (inner or "set()")
+        if isinstance(value, SymbolicDict):
+            return f"{{{self.each(value.pairs, depth, active, pair=': ')}}}"
+        if isinstance(value, Instance):
+            return self.instance(value, depth, active)
+        return f"<{type(value).__name__}>"  # pragma: no cover - every kind is handled above
 
-    if isinstance(value, tuple):
-        return f"({each(value)},)" if len(value) == 1 else f"({each(value)})"
-    if isinstance(value, SymbolicList):
-        return f"[{each(value.items)}]"
-    if isinstance(value, SymbolicSet):
-        inner = f"{{{each(value.items)}}}" if value.items else ""
-        return f"frozenset({inner})" if value.frozen else (inner or "set()")
-    if isinstance(value, SymbolicDict):
-        pairs = ", ".join(
-            f"{_render(k, depth + 1, active)}: {_render(v, depth + 1, active)}"
-            for k, v in value.pairs
-        )
-        return f"{{{pairs}}}"
-    if isinstance(value, Instance):
-        return _render_instance(value, depth, active)
-    return f"<{type(value).__name__}>"  # pragma: no cover - every kind is handled above
+    def each(self, items: Any, depth: int, active: frozenset[int], pair: str = "") -> str:
+        shown = []
+        for item in items:
+            if self.budget < 0:
+                shown.append("…")
+                break
+            if pair:
+                key, value = item
+                shown.append(
+                    f"{self.render(key, depth + 1, active)}{pair}"
+                    f"{self.render(value, depth + 1, active)}"
+                )
+            else:
+                shown.append(self.render(item, depth + 1, active))
+        return ", ".join(shown)
+
+    def instance(self, value: Instance, depth: int, active: frozenset[int]) -> str:
+        factory = self.render(value.factory, depth + 1, active)
+        args = value.args if isinstance(value.args, tuple) else (value.args,)
+        parts = [self.each(args, depth, active)] if args else []
+        if isinstance(value.kwargs, SymbolicDict) and value.kwargs.pairs:
+            named = [(_Name(k) if isinstance(k, str) else k, v) for k, v in value.kwargs.pairs]
+            parts.append(self.each(named, depth, active, pair="="))
+        extras = []
+        if value.has_state:
+            extras.append(f"state {self.render(value.state, depth + 1, active)}")
+        if value.items:
+            extras.append(f"items {self.render(tuple(value.items), depth + 1, active)}")
+        if value.new:
+            made = f"<{factory} object" + (f" from __new__({', '.join(parts)})" if parts else "")
+            return made + "".join(f", {extra}" for extra in extras) + ">"
+        call = f"{factory}({', '.join(parts)})"
+        return f"<{call}, {', '.join(extras)}>" if extras else call
 
 
-def _render_instance(value: Instance, depth: int, active: set[int]) -> str:
-    factory = _render(value.factory, depth + 1, active)
-    args = value.args if isinstance(value.args, tuple) else (value.args,)
-    parts = [_render(arg, depth + 1, active) for arg in args]
-    if isinstance(value.kwargs, SymbolicDict):
-        parts += [
-            f"{k if isinstance(k, str) else _render(k, depth + 1, active)}="
-            f"{_render(v, depth + 1, active)}"
-            for k, v in value.kwargs.pairs
-        ]
-    extras = []
-    if value.has_state:
-        extras.append(f"state {_render(value.state, depth + 1, active)}")
-    if value.items:
-        extras.append(f"items {_render(tuple(value.items), depth + 1, active)}")
-    if value.new:
-        made = f"<{factory} object" + (f" from __new__({', '.join(parts)})" if parts else "")
-        return made + "".join(f", {extra}" for extra in extras) + ">"
-    call = f"{factory}({', '.join(parts)})"
-    return f"<{call}, {', '.join(extras)}>" if extras else call
+@dataclasses.dataclass(frozen=True)
+class _Name:
+    """A keyword argument's name: shown bare, not quoted."""
+
+    text: str
 
 
 def _short(value: str | bytes | bytearray) -> str:

@@ -118,6 +118,17 @@ def test_long_values_are_shortened() -> None:
     assert len(render(read(pickle.dumps(list(range(5000)))).value, limit=50)) == 50
 
 
+def test_a_value_shared_many_times_over_is_shown_within_the_limit() -> None:
+    level: Any = [0]
+    for _ in range(6):
+        level = [level] * 1000  # the pickle stays small: 1000 memo references per level
+    pickled = pickle.dumps(level, protocol=5)
+    assert len(pickled) < 50_000
+    text = render(read(pickled).value)  # 10**18 values if each were shown
+    assert len(text) <= 2000
+    assert text.startswith("[[[[[[[0], [0]")
+
+
 def test_deep_nesting_is_elided() -> None:
     value: Any = 0
     for _ in range(40):
