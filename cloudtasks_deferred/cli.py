@@ -1,7 +1,12 @@
 """The ``cloudtasks-deferred`` command.
 
-Exit codes: 0 success, 1 failure, 2 usage error (argparse), 3 an emulator is not
-installed or did not start.
+Commands: ``emulator`` (the Cloud Tasks emulator on 127.0.0.1), ``queue-yaml`` (an
+App Engine queue.yaml as the Terraform module's queues), ``dev`` (an app on both
+emulators), ``inspect`` (what a payload would run, without running it).
+Each command's logic lives in its own module, imported when the command runs.
+
+Exit codes: 0 success, 1 failure (bad input, an app that exited), 2 usage error
+(argparse), 3 an emulator or a tool is not installed or did not start.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 
@@ -47,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Runs gcloud-tasks-emulator on 127.0.0.1 until interrupted, with the given "
             "queues. Point your app at it with CLOUD_TASKS_EMULATOR_HOST and turn on "
-            "CLOUDTASKS_DEFERRED_DEV_MODE so tasks carry tokens the handler accepts."
+            "CLOUDTASKS_DEFERRED_DEV_MODE so tasks carry tokens the handler accepts "
+            "(cloudtasks-deferred dev does all of this). Exit codes: 0 stopped, 1 a bad "
+            "queue file, 2 usage, 3 the emulator is not installed or did not start."
         ),
     )
     emulator.add_argument("--port", type=int, default=8123, help="TCP port (default 8123)")
@@ -65,30 +73,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="interpreter that has gcloud-tasks-emulator installed (default: this one)",
     )
+    _add_queue_files(emulator)
     emulator.set_defaults(run=_run_emulator)
-
-    queue_yaml = commands.add_parser(
-        "queue-yaml",
-        help="convert an App Engine queue.yaml into the Terraform module's queues",
-        description=(
-            "Converts an App Engine queue.yaml into the queues variable of the Terraform "
-            "module terraform/modules/cloudtasks_deferred, as the rules of gcloud app "
-            "deploy map it to Cloud Tasks. Settings Cloud Tasks cannot carry over (pull "
-            "queues, acl, bucket_size, total_storage_limit) are listed as warnings on "
-            "stderr. Exits 1, naming the queue and the field, when a value is invalid."
-        ),
-    )
-    queue_yaml.add_argument("path", metavar="PATH", help="the queue.yaml file, or - for stdin")
-    queue_yaml.add_argument(
-        "--format",
-        choices=("json", "hcl"),
-        default="json",
-        help="json: a .tfvars.json file (default); hcl: a .tfvars file",
-    )
-    queue_yaml.add_argument(
-        "--output", metavar="FILE", default=None, help="write to FILE instead of stdout"
-    )
-    queue_yaml.set_defaults(run=_run_queue_yaml)
+    _add_queue_yaml(commands)
+    _add_dev(commands)
+    _add_inspect(commands)
     return parser
 
 
@@ -96,7 +85,10 @@ def _run_emulator(args: argparse.Namespace) -> int:
     from .emulators import CloudTasksEmulator, EmulatorUnavailableError
     from .settings import queue_path
 
-    queues = [queue_path(args.project, args.location, q) for q in args.queue or ["default"]]
+    queue_ids = _queue_ids(args)
+    if queue_ids is None:
+        return EXIT_FAILURE
+    queues = [queue_path(args.project, args.location, q) for q in queue_ids]
     if not CloudTasksEmulator.available(args.python):
         print(
             "gcloud-tasks-emulator is not installed: "
@@ -124,6 +116,31 @@ def _run_emulator(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_queue_yaml(commands: Any) -> None:
+    queue_yaml = commands.add_parser(
+        "queue-yaml",
+        help="convert an App Engine queue.yaml into the Terraform module's queues",
+        description=(
+            "Converts an App Engine queue.yaml into the queues variable of the Terraform "
+            "module terraform/modules/cloudtasks_deferred, as the rules of gcloud app "
+            "deploy map it to Cloud Tasks. Settings Cloud Tasks cannot carry over (pull "
+            "queues, acl, bucket_size, total_storage_limit) are listed as warnings on "
+            "stderr. Exits 1, naming the queue and the field, when a value is invalid."
+        ),
+    )
+    queue_yaml.add_argument("path", metavar="PATH", help="the queue.yaml file, or - for stdin")
+    queue_yaml.add_argument(
+        "--format",
+        choices=("json", "hcl"),
+        default="json",
+        help="json: a .tfvars.json file (default); hcl: a .tfvars file",
+    )
+    queue_yaml.add_argument(
+        "--output", metavar="FILE", default=None, help="write to FILE instead of stdout"
+    )
+    queue_yaml.set_defaults(run=_run_queue_yaml)
+
+
 def _run_queue_yaml(args: argparse.Namespace) -> int:
     from .queue_yaml import QueueYamlError, convert, render_hcl, render_json
 
@@ -149,6 +166,171 @@ def _run_queue_yaml(args: argparse.Namespace) -> int:
         print(f"cloudtasks-deferred queue-yaml: cannot write {args.output}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _add_queue_files(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--queue-yaml",
+        type=Path,
+        metavar="FILE",
+        help="also create the queues of this App Engine queue.yaml (and default)",
+    )
+    command.add_argument(
+        "--queues-json",
+        type=Path,
+        metavar="FILE",
+        help="also create the queues of this Terraform tfvars JSON file (its queues map's keys)",
+    )
+
+
+def _queue_ids(args: argparse.Namespace) -> list[str] | None:
+    from .localdev import QueueFileError, queue_ids
+
+    try:
+        return queue_ids(args.queue, args.queue_yaml, args.queues_json)
+    except QueueFileError as exc:
+        print(f"cloudtasks-deferred: {exc}", file=sys.stderr)
+        return None
+
+
+def _add_dev(commands: Any) -> None:
+    dev = commands.add_parser(
+        "dev",
+        help="run an app locally on the Datastore and Cloud Tasks emulators",
+        description=(
+            "Starts the Datastore emulator and the Cloud Tasks emulator on 127.0.0.1 (or "
+            "attaches to running ones), then serves the app with the environment the "
+            "library reads set for it: the emulators' hosts, GOOGLE_CLOUD_PROJECT, "
+            "CLOUDTASKS_DEFERRED_LOCATION, CLOUDTASKS_DEFERRED_BASE_URL (the app's URL), "
+            "CLOUDTASKS_DEFERRED_DEV_MODE=true and a dev key file. Serves APP, a WSGI app "
+            "(MODULE:ATTRIBUTE), with python -m cloudtasks_deferred.devserver, or a "
+            "functions-framework target (--functions-target). Prints the URLs and the "
+            "variables, streams the app's output, and stops everything on Ctrl-C or "
+            "SIGTERM. Exit codes: 0 stopped, 1 the app failed or exited, 2 usage, "
+            "3 an emulator or server is not installed."
+        ),
+    )
+    dev.add_argument("app", nargs="?", metavar="APP", help="the WSGI app, e.g. main:app")
+    dev.add_argument("--port", type=int, default=8080, help="the app's port (default 8080)")
+    dev.add_argument(
+        "--app-dir", type=Path, default=Path(), metavar="DIR", help="the app's directory"
+    )
+    dev.add_argument(
+        "--functions-target",
+        metavar="NAME",
+        help="serve this function of --source with functions-framework instead of APP",
+    )
+    dev.add_argument(
+        "--tasks-target",
+        metavar="NAME",
+        help=(
+            "with --functions-target: serve this function (e.g. deferred_task) on a port "
+            "of its own and send the tasks there, as when deployed as two functions"
+        ),
+    )
+    dev.add_argument(
+        "--source", default="main.py", metavar="FILE", help="the functions' file (main.py)"
+    )
+    dev.add_argument("--project", default="local-project", help="project of the emulators")
+    dev.add_argument("--location", default="us-central1", help="location of the queues")
+    dev.add_argument(
+        "--queue", action="append", metavar="NAME", help="queue to create (default: default)"
+    )
+    _add_queue_files(dev)
+    dev.add_argument(
+        "--tasks-emulator", metavar="HOST:PORT", help="use this running Cloud Tasks emulator"
+    )
+    dev.add_argument(
+        "--datastore-emulator", metavar="HOST:PORT", help="use this running Datastore emulator"
+    )
+    dev.add_argument(
+        "--no-datastore",
+        dest="datastore",
+        action="store_false",
+        help="do not start the Datastore emulator (the app does not use NDB)",
+    )
+    dev.add_argument(
+        "--dev-key-file",
+        type=Path,
+        metavar="FILE",
+        help="PEM key that signs dev-mode tasks (default: a new key per session)",
+    )
+    dev.set_defaults(run=_run_dev, parser=dev)
+
+
+def _run_dev(args: argparse.Namespace) -> int:
+    from .devcommand import DevOptions, run_dev
+
+    if (args.app is None) == (args.functions_target is None):
+        args.parser.error("give either APP (a WSGI app, e.g. main:app) or --functions-target")
+    if args.tasks_target and not args.functions_target:
+        args.parser.error("--tasks-target needs --functions-target")
+    if args.app is not None and ":" not in args.app:
+        args.parser.error(f"APP must be MODULE:ATTRIBUTE, e.g. main:app (got {args.app!r})")
+    queue_ids = _queue_ids(args)
+    if queue_ids is None:
+        return EXIT_FAILURE
+    return run_dev(
+        DevOptions(
+            app=args.app,
+            functions_target=args.functions_target,
+            tasks_target=args.tasks_target,
+            source=args.source,
+            app_dir=args.app_dir,
+            port=args.port,
+            project=args.project,
+            location=args.location,
+            queue_ids=queue_ids,
+            tasks_emulator=args.tasks_emulator,
+            datastore_emulator=args.datastore_emulator,
+            datastore=args.datastore,
+            dev_key_file=args.dev_key_file,
+        )
+    )
+
+
+def _add_inspect(commands: Any) -> None:
+    inspect = commands.add_parser(
+        "inspect",
+        help="show what a task payload would run, without running it",
+        description=(
+            "Reads a task body (a frame, compressed or signed, or a bare pickle) or a task "
+            "as JSON from `gcloud tasks describe TASK --queue=QUEUE --response-view=full "
+            "--format=json`, and shows the callable, its arguments, every global the "
+            "pickle references, and the frame's flags, key ID and metadata. The pickle is "
+            "disassembled, never unpickled: nothing is imported or run, and signatures are "
+            "not verified. The output shows argument values: treat it like the payload. "
+            "Exit codes: 0 shown, 1 not a readable payload, 2 usage."
+        ),
+    )
+    inspect.add_argument("file", metavar="FILE", help="the payload or task JSON; - for stdin")
+    inspect.add_argument(
+        "--disassemble",
+        action="store_true",
+        help="also print the pickle's opcodes (pickletools.dis)",
+    )
+    inspect.set_defaults(run=_run_inspect)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from .inspect_payload import MAX_INPUT_BYTES, InspectError, format_inspection, inspect_input
+
+    try:
+        if args.file == "-":
+            data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+        else:
+            with open(args.file, "rb") as file:
+                data = file.read(MAX_INPUT_BYTES + 1)
+    except OSError as exc:
+        print(f"cloudtasks-deferred inspect: cannot read {args.file}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        inspection = inspect_input(data)
+    except InspectError as exc:
+        print(f"cloudtasks-deferred inspect: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    sys.stdout.write(format_inspection(inspection, disassemble=args.disassemble))
+    return EXIT_OK if inspection.call is not None else EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ from pathlib import Path
 from google.cloud import ndb
 
 from cloudtasks_deferred import Client, Settings
-from cloudtasks_deferred.emulators import CloudTasksEmulator, DatastoreEmulator, free_port
+from cloudtasks_deferred.emulators import free_port
+from cloudtasks_deferred.localdev import app_environment, start_emulators
 from cloudtasks_deferred.settings import queue_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,44 +72,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     queue = queue_path(PROJECT, LOCATION, "default")
     with contextlib.ExitStack() as stack:
-        if args.datastore_emulator:
-            datastore_host = args.datastore_emulator
-        else:
-            say("starting the Datastore emulator on 127.0.0.1")
-            datastore_host = stack.enter_context(DatastoreEmulator(project=PROJECT)).host
-        if args.tasks_emulator:
-            tasks_host = args.tasks_emulator
-            _ensure_queue(tasks_host, queue)
-        else:
-            say("starting the Cloud Tasks emulator on 127.0.0.1")
-            tasks_host = stack.enter_context(CloudTasksEmulator(queues=[queue])).host
-        say(f"Datastore emulator on {datastore_host}, Cloud Tasks emulator on {tasks_host}")
+        emulators = start_emulators(
+            stack,
+            project=PROJECT,
+            queues=[queue],
+            tasks_host=args.tasks_emulator,
+            datastore_host=args.datastore_emulator,
+            announce=say,
+        )
+        say(
+            f"Datastore emulator on {emulators.datastore_host}, "
+            f"Cloud Tasks emulator on {emulators.tasks_host}"
+        )
         workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="cloudtasks-demo-"))
         base_url = f"http://127.0.0.1:{free_port()}"
         # The app and this driver read the same configuration from the environment.
-        os.environ.update({
-            "DATASTORE_EMULATOR_HOST": datastore_host,
-            "DATASTORE_PROJECT_ID": PROJECT,
-            "GOOGLE_CLOUD_PROJECT": PROJECT,
-            "CLOUD_TASKS_EMULATOR_HOST": tasks_host,
-            "CLOUDTASKS_DEFERRED_LOCATION": LOCATION,
-            "CLOUDTASKS_DEFERRED_BASE_URL": base_url,
-            "CLOUDTASKS_DEFERRED_DEV_MODE": "true",
-            "CLOUDTASKS_DEFERRED_DEV_KEY_FILE": str(Path(workdir) / "dev-key.pem"),
-            "PYTHONUNBUFFERED": "1",
-        })  # fmt: skip
+        os.environ.update(
+            app_environment(
+                emulators,
+                location=LOCATION,
+                base_url=base_url,
+                dev_key_file=Path(workdir) / "dev-key.pem",
+            )
+        )
         return drive(base_url)
-
-
-def _ensure_queue(host: str, name: str) -> None:
-    from google.api_core import exceptions
-    from google.cloud import tasks_v2
-
-    from cloudtasks_deferred.transports.cloud_tasks import shared_client
-
-    parent = name.rsplit("/queues/", 1)[0]
-    with contextlib.suppress(exceptions.AlreadyExists):
-        shared_client(host).create_queue(parent=parent, queue=tasks_v2.Queue(name=name))
 
 
 def drive(base_url: str) -> int:

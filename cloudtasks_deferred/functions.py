@@ -1,0 +1,102 @@
+"""Deferred tasks on Cloud Run functions: an entry point for functions-framework.
+
+Re-export the ready entry point from your function's ``main.py``::
+
+    from cloudtasks_deferred.functions import deferred_task  # noqa: F401
+
+and deploy it as its own HTTP function (``--entry-point=deferred_task``, or
+``functions-framework --target=deferred_task`` locally), with
+``CLOUDTASKS_DEFERRED_BASE_URL`` set to that function's URL so that every
+``deferred.defer(...)`` — from any of your functions — sends its task there.
+
+:func:`deferred_task` is the WSGI :class:`~cloudtasks_deferred.Handler`'s
+``post`` behind a function signature: the same authentication (from the headers,
+before a byte of the body is read), the same statuses (see
+:mod:`cloudtasks_deferred.handler`), 405 for methods other than POST. It serves
+every path, as a function does.
+
+Nothing here imports functions-framework or Flask (the ``functions`` extra): the
+request only needs the ``method`` and ``environ`` a Flask ``Request`` has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .handler import Handler, Outcome, response_for
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .settings import Settings
+
+__all__ = ["FunctionRequest", "FunctionResponse", "deferred_task", "task_function"]
+
+#: ``(body, status, headers)``: a response functions-framework (Flask) accepts.
+FunctionResponse = tuple[str, int, list[tuple[str, str]]]
+
+
+class FunctionRequest(Protocol):
+    """What :func:`deferred_task` reads of a request: a Flask ``Request`` qualifies."""
+
+    @property
+    def method(self) -> str:
+        """The HTTP method."""
+        ...
+
+    @property
+    def environ(self) -> Mapping[str, Any]:
+        """The WSGI environ, its body not yet read."""
+        ...
+
+
+def deferred_task(request: FunctionRequest) -> FunctionResponse:
+    """Runs the deferred task a request carries: the task entry point for functions.
+
+    Configured from the environment like the rest of the library
+    (:meth:`Settings.from_env <cloudtasks_deferred.Settings.from_env>`).
+
+    Args:
+        request: The function's request (a Flask ``Request``).
+
+    Returns:
+        ``(body, status, headers)`` as the WSGI handler answers: 200 when the task
+        ran (or failed permanently), 408 to retry a ``SingularTaskFailure``, 500
+        when it raised, 403 for a caller that is not authenticated, 405 for a
+        method other than POST, 413 for a body over the 1 MB task limit.
+    """
+    return _answer(Handler(), request)
+
+
+def task_function(
+    *, settings: Settings | None = None, client: Client | None = None
+) -> Callable[[FunctionRequest], FunctionResponse]:
+    """Builds an entry point like :func:`deferred_task` for explicit configuration.
+
+    Assign it to a module-level name in ``main.py`` to use it as a target::
+
+        deferred_task = task_function(settings=Settings(location="us-central1", ...))
+
+    Args:
+        settings: Configuration for the handler and for ``defer`` in its tasks.
+        client: A ready client instead of ``settings``.
+
+    Returns:
+        A function of the request (a plain function, as functions-framework requires).
+    """
+    handler = Handler(settings, client=client)
+
+    def entry_point(request: FunctionRequest) -> FunctionResponse:
+        return _answer(handler, request)
+
+    entry_point.__name__ = entry_point.__qualname__ = "deferred_task"
+    entry_point.__doc__ = deferred_task.__doc__
+    return entry_point
+
+
+def _answer(handler: Handler, request: FunctionRequest) -> FunctionResponse:
+    if request.method != "POST":
+        body, status, headers = response_for(Outcome.METHOD_NOT_ALLOWED)
+    else:
+        body, status, headers = handler.post(request.environ)
+    return body, status.value, headers

@@ -1,0 +1,261 @@
+"""Local development on the emulators: which queues, which emulators, which variables.
+
+Shared by ``cloudtasks-deferred emulator``, ``cloudtasks-deferred dev`` and the
+repository's ``scripts/demo.py``:
+
+* :func:`queue_ids_from_yaml` and :func:`queue_ids_from_tfvars` read the queue IDs
+  of an App Engine ``queue.yaml`` or of the Terraform module's ``queues`` map;
+* :func:`start_emulators` starts the Cloud Tasks emulator and the Datastore
+  emulator on 127.0.0.1 — or attaches to running ones, creating missing queues;
+* :func:`app_environment` is the environment an app needs to use them in dev mode.
+
+Nothing here writes ``os.environ``: the variables are for a child process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import IO
+
+from . import limits
+from .emulators import CloudTasksEmulator, DatastoreEmulator, EmulatorUnavailableError
+from .settings import queue_path
+
+__all__ = [
+    "LocalEmulators",
+    "QueueFileError",
+    "app_environment",
+    "ensure_queues",
+    "full_queue_names",
+    "queue_ids",
+    "queue_ids_from_tfvars",
+    "queue_ids_from_yaml",
+    "start_emulators",
+]
+
+
+_QUEUE_TIMEOUT = 10.0  # seconds for a running emulator to create a queue
+
+
+class QueueFileError(ValueError):
+    """A queue file cannot be read or holds no valid queue IDs; the message says why."""
+
+
+def queue_ids_from_yaml(path: Path) -> list[str]:
+    """Reads the queue IDs of an App Engine ``queue.yaml``, plus ``default``.
+
+    App Engine always provides the ``default`` queue, so it is included even when
+    the file does not list it. Pull queues (``mode: pull``) are included too: the
+    emulator creates them as ordinary queues.
+
+    Args:
+        path: The ``queue.yaml`` file.
+
+    Returns:
+        Queue IDs, ``default`` first, without repeats.
+
+    Raises:
+        QueueFileError: The file is missing, not YAML, has no ``queue`` list, or
+            names an invalid queue ID.
+    """
+    import yaml
+
+    try:
+        document = yaml.safe_load(_read(path))
+    except yaml.YAMLError as exc:
+        raise QueueFileError(f"{path} is not valid YAML: {exc}") from exc
+    entries = document.get("queue") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise QueueFileError(f"{path} has no `queue:` list (see App Engine's queue.yaml reference)")
+    names = []
+    for index, entry in enumerate(entries):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str):
+            raise QueueFileError(f"{path}: queue entry {index + 1} has no `name`")
+        names.append(name)
+    return _valid(["default", *names], path)
+
+
+def queue_ids_from_tfvars(path: Path) -> list[str]:
+    """Reads the queue IDs of a Terraform tfvars JSON file: the keys of its ``queues`` map.
+
+    Args:
+        path: A ``*.tfvars.json`` file such as ``{"queues": {"default": {...}}}``.
+
+    Returns:
+        Queue IDs in file order.
+
+    Raises:
+        QueueFileError: The file is missing, not JSON, has no ``queues`` object, or
+            names an invalid queue ID.
+    """
+    try:
+        document = json.loads(_read(path))
+    except ValueError as exc:
+        raise QueueFileError(f"{path} is not valid JSON: {exc}") from exc
+    queues = document.get("queues") if isinstance(document, dict) else None
+    if not isinstance(queues, dict) or not queues:
+        raise QueueFileError(f'{path} has no "queues" object mapping queue IDs to settings')
+    return _valid(list(queues), path)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise QueueFileError(f"cannot read {path}: {exc}") from exc
+
+
+def _valid(names: Iterable[str], source: Path | str) -> list[str]:
+    unique = list(dict.fromkeys(names))
+    for name in unique:
+        if not limits.QUEUE_ID.fullmatch(name):
+            raise QueueFileError(
+                f"{source}: {name!r} is not a Cloud Tasks queue ID (1-100 letters, digits "
+                "or hyphens)"
+            )
+    return unique
+
+
+def queue_ids(
+    names: Sequence[str] | None = None,
+    yaml_file: Path | None = None,
+    tfvars_file: Path | None = None,
+) -> list[str]:
+    """Combines queue IDs given by name and by file; ``["default"]`` when none is given.
+
+    Raises:
+        QueueFileError: A file cannot be read, or an ID is invalid.
+    """
+    found = list(names or ())
+    if yaml_file is not None:
+        found += queue_ids_from_yaml(yaml_file)
+    if tfvars_file is not None:
+        found += queue_ids_from_tfvars(tfvars_file)
+    return _valid(found or ["default"], "--queue")
+
+
+def ensure_queues(host: str, queues: Iterable[str]) -> None:
+    """Creates the queues that do not exist yet on a running Cloud Tasks emulator.
+
+    Args:
+        host: The emulator's ``host:port``.
+        queues: Full queue names, ``projects/P/locations/L/queues/Q``.
+
+    Raises:
+        EmulatorUnavailableError: The emulator does not answer or refuses a queue.
+    """
+    from google.api_core import exceptions
+    from google.cloud import tasks_v2
+
+    from .transports.cloud_tasks import shared_client
+
+    for name in queues:
+        parent = name.rsplit("/queues/", 1)[0]
+        try:
+            with contextlib.suppress(exceptions.AlreadyExists):
+                shared_client(host).create_queue(
+                    parent=parent, queue=tasks_v2.Queue(name=name), timeout=_QUEUE_TIMEOUT
+                )
+        except (exceptions.GoogleAPIError, exceptions.RetryError) as exc:
+            raise EmulatorUnavailableError(
+                f"cannot create the queue {name} in the Cloud Tasks emulator at {host}: {exc}"
+            ) from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalEmulators:
+    """The emulators an app runs against.
+
+    Attributes:
+        project: The project ID both use.
+        tasks_host: ``host:port`` of the Cloud Tasks emulator.
+        datastore_host: ``host:port`` of the Datastore emulator, ``None`` without one.
+    """
+
+    project: str
+    tasks_host: str
+    datastore_host: str | None
+
+
+def start_emulators(
+    stack: contextlib.ExitStack,
+    *,
+    project: str,
+    queues: Iterable[str],
+    tasks_host: str | None = None,
+    datastore_host: str | None = None,
+    datastore: bool = True,
+    announce: Callable[[str], None] = lambda _: None,
+    log: IO[bytes] | None = None,
+) -> LocalEmulators:
+    """Starts (or attaches to) the emulators; ``stack`` stops the ones it started.
+
+    Args:
+        stack: Receives every emulator started here, to stop it on exit.
+        project: Project ID for the Datastore emulator.
+        queues: Full queue names to create in the Cloud Tasks emulator.
+        tasks_host: ``host:port`` of a running Cloud Tasks emulator to use instead
+            of starting one; missing queues are created in it.
+        datastore_host: ``host:port`` of a running Datastore emulator to use.
+        datastore: Whether to start a Datastore emulator when none is given.
+        announce: Told, in words, what is being started.
+        log: Where the started emulators' output goes (discarded when ``None``).
+
+    Returns:
+        Where the emulators are.
+
+    Raises:
+        EmulatorUnavailableError: An emulator is not installed or did not start.
+    """
+    queues = list(queues)
+    if datastore_host is None and datastore:
+        announce("starting the Datastore emulator on 127.0.0.1")
+        datastore_host = stack.enter_context(DatastoreEmulator(project=project, log=log)).host
+    if tasks_host is not None:
+        ensure_queues(tasks_host, queues)
+    else:
+        announce("starting the Cloud Tasks emulator on 127.0.0.1")
+        tasks_host = stack.enter_context(CloudTasksEmulator(queues=queues, log=log)).host
+    return LocalEmulators(project=project, tasks_host=tasks_host, datastore_host=datastore_host)
+
+
+def app_environment(
+    emulators: LocalEmulators, *, location: str, base_url: str, dev_key_file: Path
+) -> dict[str, str]:
+    """The variables an app reads to use the emulators in dev mode.
+
+    Args:
+        emulators: Where the emulators are.
+        location: The queues' location.
+        base_url: Where the app listens; tasks are sent there.
+        dev_key_file: The local key dev-mode tasks are signed with.
+
+    Returns:
+        Variable names and values (see the README's configuration table).
+    """
+    env: dict[str, str] = {}
+    if emulators.datastore_host is not None:
+        env["DATASTORE_EMULATOR_HOST"] = emulators.datastore_host
+        env["DATASTORE_PROJECT_ID"] = emulators.project
+    env.update({
+        "GOOGLE_CLOUD_PROJECT": emulators.project,
+        "CLOUD_TASKS_EMULATOR_HOST": emulators.tasks_host,
+        "CLOUDTASKS_DEFERRED_LOCATION": location,
+        "CLOUDTASKS_DEFERRED_BASE_URL": base_url,
+        "CLOUDTASKS_DEFERRED_DEV_MODE": "true",
+        "CLOUDTASKS_DEFERRED_DEV_KEY_FILE": str(dev_key_file),
+    })  # fmt: skip
+    if emulators.datastore_host is None:
+        env["CLOUDTASKS_DEFERRED_NDB"] = "false"  # no Datastore: run tasks without NDB
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def full_queue_names(project: str, location: str, ids: Iterable[str]) -> list[str]:
+    """``projects/P/locations/L/queues/Q`` for each queue ID."""
+    return [queue_path(project, location, queue) for queue in ids]

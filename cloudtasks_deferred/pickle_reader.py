@@ -1,0 +1,468 @@
+"""Reads what a pickle would build, without unpickling it: nothing is imported or run.
+
+:func:`read` walks the pickle's opcodes (:func:`pickletools.genops`) on a symbolic
+stack: strings, numbers and containers become plain values, while everything
+unpickling would *execute* stays a description — a :class:`Global` for each
+``GLOBAL``/``STACK_GLOBAL``/``INST`` reference (a name, never looked up), an
+:class:`Instance` for each ``REDUCE``/``NEWOBJ``/``OBJ`` call (never made). That
+makes it safe on bytes from anyone: a pickle naming ``os.system`` or a module that
+does not exist is read the same way, and :func:`render` shows it as text.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import dataclasses
+import pickletools
+from collections.abc import Iterator
+from typing import Any, Final
+
+__all__ = [
+    "Global",
+    "Instance",
+    "PickleStructure",
+    "SymbolicDict",
+    "SymbolicList",
+    "SymbolicSet",
+    "UnreadablePickleError",
+    "read",
+    "render",
+]
+
+_MAX_TEXT: Final = 200  # characters of one string or bytes value shown
+_MAX_DEPTH: Final = 12
+
+
+class UnreadablePickleError(ValueError):
+    """The bytes are not a well-formed pickle (the message says where it breaks)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Global:
+    """A reference to ``module.name``: unpickling would import ``module``."""
+
+    module: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.module}.{self.name}"
+
+
+@dataclasses.dataclass(eq=False)
+class Instance:
+    """An object unpickling would build by running code.
+
+    Attributes:
+        factory: What would be called: usually a :class:`Global`.
+        args: Its positional arguments.
+        kwargs: Its keyword arguments (``NEWOBJ_EX`` only).
+        new: Built with ``factory.__new__`` (``NEWOBJ``) rather than called.
+        state: What ``BUILD`` would pass to ``__setstate__``, if anything.
+        items: What ``APPEND``/``SETITEM`` would add to it.
+    """
+
+    factory: Any
+    args: Any
+    kwargs: Any = None
+    new: bool = False
+    state: Any = None
+    has_state: bool = False
+    items: list[Any] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(eq=False)
+class SymbolicList:
+    """A list; its items are symbolic values."""
+
+    items: list[Any] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(eq=False)
+class SymbolicDict:
+    """A dict as ``(key, value)`` pairs (symbolic keys need not be hashable)."""
+
+    pairs: list[tuple[Any, Any]] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(eq=False)
+class SymbolicSet:
+    """A set or frozenset."""
+
+    items: list[Any] = dataclasses.field(default_factory=list)
+    frozen: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class _Opaque:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PickleStructure:
+    """What a pickle describes.
+
+    Attributes:
+        value: The root value, symbolic (see the module docstring).
+        protocol: The pickle protocol from the ``PROTO`` opcode (0 without one).
+        references: Every :class:`Global` it names, in order, without repeats.
+    """
+
+    value: Any
+    protocol: int
+    references: tuple[Global, ...]
+
+
+class _Machine:
+    """The pickle virtual machine of :mod:`pickle`'s pure-Python unpickler, minus effects.
+
+    Each opcode has a method named after it (``op_APPEND``); opcodes that only push
+    their argument or a constant are handled in :meth:`step`.
+    """
+
+    def __init__(self) -> None:
+        self.stack: list[Any] = []
+        self.metastack: list[list[Any]] = []
+        self.memo: dict[int, Any] = {}
+        self.references: dict[Global, None] = {}
+        self.protocol = 0
+
+    def step(self, name: str, arg: Any) -> None:
+        if name in _PUSH_ARG:
+            self.stack.append(arg)
+        elif name in _CONSTANTS:
+            self.stack.append(_CONSTANTS[name])
+        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+            self.op_TUPLE_N(int(name[-1]))
+        else:
+            handler = getattr(self, f"op_{_ALIASES.get(name, name)}", None)
+            if handler is None:  # pragma: no cover - pickletools knows no other opcode
+                raise UnreadablePickleError(f"unsupported opcode {name}")
+            handler(arg)
+
+    def pop_mark(self) -> list[Any]:
+        items = self.stack
+        self.stack = self.metastack.pop()
+        return items
+
+    def refer(self, module: object, name: object) -> Global:
+        if not isinstance(module, str) or not isinstance(name, str):
+            raise UnreadablePickleError("STACK_GLOBAL needs two strings")
+        found = Global(module, name)
+        self.references[found] = None
+        return found
+
+    # Framing and the stack.
+    def op_PROTO(self, arg: int) -> None:
+        self.protocol = arg
+
+    def op_FRAME(self, _: Any) -> None:
+        pass
+
+    op_STOP = op_FRAME
+
+    def op_MARK(self, _: None) -> None:
+        self.metastack.append(self.stack)
+        self.stack = []
+
+    def op_POP(self, _: None) -> None:
+        if self.stack:
+            self.stack.pop()
+        else:
+            self.pop_mark()
+
+    def op_POP_MARK(self, _: None) -> None:
+        self.pop_mark()
+
+    def op_DUP(self, _: None) -> None:
+        self.stack.append(self.stack[-1])
+
+    # Containers.
+    def op_BYTEARRAY8(self, arg: bytes) -> None:
+        self.stack.append(bytearray(arg))
+
+    def op_EMPTY_LIST(self, _: None) -> None:
+        self.stack.append(SymbolicList())
+
+    def op_EMPTY_DICT(self, _: None) -> None:
+        self.stack.append(SymbolicDict())
+
+    def op_EMPTY_SET(self, _: None) -> None:
+        self.stack.append(SymbolicSet())
+
+    def op_EMPTY_TUPLE(self, _: None) -> None:
+        self.stack.append(())
+
+    def op_TUPLE_N(self, count: int) -> None:
+        if len(self.stack) < count:
+            raise IndexError("stack underflow")
+        items = tuple(self.stack[len(self.stack) - count :])
+        del self.stack[len(self.stack) - count :]
+        self.stack.append(items)
+
+    def op_TUPLE(self, _: None) -> None:
+        items = self.pop_mark()
+        self.stack.append(tuple(items))
+
+    def op_LIST(self, _: None) -> None:
+        items = self.pop_mark()
+        self.stack.append(SymbolicList(items))
+
+    def op_DICT(self, _: None) -> None:
+        items = self.pop_mark()
+        self.stack.append(SymbolicDict(list(zip(items[::2], items[1::2], strict=True))))
+
+    def op_FROZENSET(self, _: None) -> None:
+        items = self.pop_mark()
+        self.stack.append(SymbolicSet(items, frozen=True))
+
+    def op_APPEND(self, _: None) -> None:
+        value = self.stack.pop()
+        _add(self.stack[-1], value)
+
+    def op_APPENDS(self, _: None) -> None:
+        items = self.pop_mark()
+        for value in items:
+            _add(self.stack[-1], value)
+
+    def op_SETITEM(self, _: None) -> None:
+        value, key = self.stack.pop(), self.stack.pop()
+        _set(self.stack[-1], key, value)
+
+    def op_SETITEMS(self, _: None) -> None:
+        items = self.pop_mark()
+        for key, value in zip(items[::2], items[1::2], strict=True):
+            _set(self.stack[-1], key, value)
+
+    # The memo.
+    def op_GET(self, arg: int) -> None:
+        self.stack.append(self.memo[arg])
+
+    def op_PUT(self, arg: int) -> None:
+        self.memo[arg] = self.stack[-1]
+
+    def op_MEMOIZE(self, _: None) -> None:
+        self.memo[len(self.memo)] = self.stack[-1]
+
+    # References: named, never imported.
+    def op_GLOBAL(self, arg: str) -> None:
+        module, _, attribute = arg.partition(" ")
+        self.stack.append(self.refer(module, attribute))
+
+    def op_STACK_GLOBAL(self, _: None) -> None:
+        attribute, module = self.stack.pop(), self.stack.pop()
+        self.stack.append(self.refer(module, attribute))
+
+    def op_EXT(self, code: int) -> None:
+        # A dict lookup in copyreg's extension registry: nothing is imported.
+        known = getattr(copyreg, "_inverted_registry", {}).get(code)
+        self.stack.append(self.refer(*known) if known else _Opaque(f"<extension code {code}>"))
+
+    def op_PERSID(self, arg: str) -> None:
+        self.stack.append(_Opaque(f"<persistent id {arg!r}>"))
+
+    def op_BINPERSID(self, _: None) -> None:
+        self.stack.append(_Opaque(f"<persistent id {render(self.stack.pop())}>"))
+
+    def op_NEXT_BUFFER(self, _: None) -> None:
+        self.stack.append(_Opaque("<out-of-band buffer>"))
+
+    def op_READONLY_BUFFER(self, _: None) -> None:
+        pass
+
+    # Calls: described, never made.
+    def op_REDUCE(self, _: None) -> None:
+        args = self.stack.pop()
+        self.stack.append(Instance(self.stack.pop(), args))
+
+    def op_NEWOBJ(self, _: None) -> None:
+        args = self.stack.pop()
+        self.stack.append(Instance(self.stack.pop(), args, new=True))
+
+    def op_NEWOBJ_EX(self, _: None) -> None:
+        kwargs, args = self.stack.pop(), self.stack.pop()
+        self.stack.append(Instance(self.stack.pop(), args, kwargs, new=True))
+
+    def op_INST(self, arg: str) -> None:
+        module, _, attribute = arg.partition(" ")
+        args = tuple(self.pop_mark())
+        self.stack.append(Instance(self.refer(module, attribute), args))
+
+    def op_OBJ(self, _: None) -> None:
+        factory, *rest = self.pop_mark()
+        self.stack.append(Instance(factory, tuple(rest)))
+
+    def op_BUILD(self, _: None) -> None:
+        state = self.stack.pop()
+        target = self.stack[-1]
+        if isinstance(target, Instance):
+            target.state, target.has_state = state, True
+        else:
+            self.stack[-1] = Instance(_Opaque("<object>"), (), state=state, has_state=True)
+
+
+_PUSH_ARG: Final = frozenset({
+    "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT",
+    "STRING", "BINSTRING", "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8",
+    "UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8",
+})  # fmt: skip
+_CONSTANTS: Final = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
+_ALIASES: Final = {
+    "BINGET": "GET", "LONG_BINGET": "GET", "BINPUT": "PUT", "LONG_BINPUT": "PUT",
+    "EXT1": "EXT", "EXT2": "EXT", "EXT4": "EXT", "ADDITEMS": "APPENDS",
+}  # fmt: skip
+
+
+def _add(target: Any, value: Any) -> None:
+    if isinstance(target, (SymbolicList, SymbolicSet, Instance)):
+        target.items.append(value)
+    else:
+        raise UnreadablePickleError(f"cannot append to {render(target)}")
+
+
+def _set(target: Any, key: Any, value: Any) -> None:
+    if isinstance(target, SymbolicDict):
+        target.pairs.append((key, value))
+    elif isinstance(target, Instance):
+        target.items.append((key, value))
+    else:
+        raise UnreadablePickleError(f"cannot set an item on {render(target)}")
+
+
+def read(pickled: bytes) -> PickleStructure:
+    """Describes a pickle without unpickling it.
+
+    Args:
+        pickled: The pickle.
+
+    Returns:
+        The root value and every global it references.
+
+    Raises:
+        UnreadablePickleError: The bytes are not a well-formed pickle.
+    """
+    machine = _Machine()
+    position = 0
+    try:
+        for opcode, arg, offset in _opcodes(pickled):
+            position = offset
+            machine.step(opcode.name, arg)
+            if opcode.name == "STOP":
+                if len(machine.stack) != 1 or machine.metastack:
+                    raise UnreadablePickleError("the pickle stops with a malformed stack")
+                return PickleStructure(
+                    machine.stack[0], machine.protocol, tuple(machine.references)
+                )
+    except UnreadablePickleError:
+        raise
+    except KeyError as exc:
+        raise UnreadablePickleError(
+            f"malformed pickle at byte {position}: memo entry {exc} was never stored"
+        ) from exc
+    except IndexError as exc:
+        raise UnreadablePickleError(
+            f"malformed pickle at byte {position}: stack underflow"
+        ) from exc
+    except (ValueError, TypeError) as exc:
+        raise UnreadablePickleError(f"malformed pickle at byte {position}: {exc}") from exc
+    raise UnreadablePickleError("the pickle has no STOP opcode")
+
+
+def _opcodes(pickled: bytes) -> Iterator[tuple[pickletools.OpcodeInfo, Any, int]]:
+    for opcode, arg, position in pickletools.genops(pickled):
+        yield opcode, arg, position or 0
+
+
+def render(value: Any, *, limit: int = 2000) -> str:
+    """Shows a symbolic value as Python-like text.
+
+    Calls unpickling would make read ``module.name(args)``; objects made with
+    ``__new__`` read ``<module.Class object>``; ``, state {...}`` follows what
+    ``__setstate__`` would receive. Long strings, deep nesting and values past the
+    limit are elided, so the work stays proportional to ``limit`` even when a small
+    pickle shares one value many times over.
+
+    Args:
+        value: A value from :func:`read`.
+        limit: Characters at most.
+    """
+    text = _Renderer(budget=limit).render(value, 0, frozenset())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class _Renderer:
+    def __init__(self, budget: int) -> None:
+        self.budget = budget  # values left to show; each shows as one character or more
+
+    def render(self, value: Any, depth: int, active: frozenset[int]) -> str:  # noqa: PLR0911 - a return per kind
+        self.budget -= 1
+        if self.budget < 0 or depth > _MAX_DEPTH:
+            return "…"
+        if isinstance(value, (str, bytes, bytearray)):
+            return _short(value)
+        if value is None or isinstance(value, (bool, int, float)):
+            return repr(value)
+        if isinstance(value, (Global, _Opaque, _Name)):
+            return str(value) if isinstance(value, Global) else value.text
+        if id(value) in active:
+            return "…"  # a container holding itself, as [...] in Python's repr
+        active = active | {id(value)}
+        if isinstance(value, tuple):
+            inner = self.each(value, depth, active)
+            return f"({inner},)" if len(value) == 1 else f"({inner})"
+        if isinstance(value, SymbolicList):
+            return f"[{self.each(value.items, depth, active)}]"
+        if isinstance(value, SymbolicSet):
+            inner = f"{{{self.each(value.items, depth, active)}}}" if value.items else ""
+            return f"frozenset({inner})" if value.frozen else (inner or "set()")
+        if isinstance(value, SymbolicDict):
+            return f"{{{self.each(value.pairs, depth, active, pair=': ')}}}"
+        if isinstance(value, Instance):
+            return self.instance(value, depth, active)
+        return f"<{type(value).__name__}>"  # pragma: no cover - every kind is handled above
+
+    def each(self, items: Any, depth: int, active: frozenset[int], pair: str = "") -> str:
+        shown = []
+        for item in items:
+            if self.budget < 0:
+                shown.append("…")
+                break
+            if pair:
+                key, value = item
+                shown.append(
+                    f"{self.render(key, depth + 1, active)}{pair}"
+                    f"{self.render(value, depth + 1, active)}"
+                )
+            else:
+                shown.append(self.render(item, depth + 1, active))
+        return ", ".join(shown)
+
+    def instance(self, value: Instance, depth: int, active: frozenset[int]) -> str:
+        factory = self.render(value.factory, depth + 1, active)
+        args = value.args if isinstance(value.args, tuple) else (value.args,)
+        parts = [self.each(args, depth, active)] if args else []
+        if isinstance(value.kwargs, SymbolicDict) and value.kwargs.pairs:
+            named = [(_Name(k) if isinstance(k, str) else k, v) for k, v in value.kwargs.pairs]
+            parts.append(self.each(named, depth, active, pair="="))
+        extras = []
+        if value.has_state:
+            extras.append(f"state {self.render(value.state, depth + 1, active)}")
+        if value.items:
+            extras.append(f"items {self.render(tuple(value.items), depth + 1, active)}")
+        if value.new:
+            made = f"<{factory} object" + (f" from __new__({', '.join(parts)})" if parts else "")
+            return made + "".join(f", {extra}" for extra in extras) + ">"
+        call = f"{factory}({', '.join(parts)})"
+        return f"<{call}, {', '.join(extras)}>" if extras else call
+
+
+@dataclasses.dataclass(frozen=True)
+class _Name:
+    """A keyword argument's name: shown bare, not quoted."""
+
+    text: str
+
+
+def _short(value: str | bytes | bytearray) -> str:
+    if len(value) <= _MAX_TEXT:
+        return repr(value)
+    return f"{value[:_MAX_TEXT]!r}…[{len(value)} {'chars' if isinstance(value, str) else 'bytes'}]"

@@ -1,0 +1,104 @@
+"""The functions-framework entry point: the handler's rules behind a function signature."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+import types
+from typing import Any
+
+import flask
+import pytest
+from werkzeug.test import EnvironBuilder
+
+from cloudtasks_deferred import Client
+from cloudtasks_deferred.frame import encode
+from cloudtasks_deferred.functions import deferred_task, task_function
+from cloudtasks_deferred.payload import serialize
+from tests import tasks
+from tests.oidc import Issuer
+from tests.tasks import RECORDER
+
+
+def request(body: bytes = b"", *, method: str = "POST", **headers: str) -> flask.Request:
+    """A Flask request, as functions-framework passes to a function."""
+    builder = EnvironBuilder(path="/", method=method, data=body, headers=headers)
+    return flask.Request(builder.get_environ())
+
+
+def auth(issuer: Issuer) -> dict[str, str]:
+    return {"Authorization": f"Bearer {issuer.token()}", "X-CloudTasks-TaskRetryCount": "0"}
+
+
+def test_an_authenticated_task_runs(signed_client: Client, issuer: Issuer) -> None:
+    entry_point = task_function(client=signed_client)
+    body, status, headers = entry_point(request(encode(serialize(tasks.record, 5)), **auth(issuer)))
+    assert (body, status) == ("Success", 200)
+    assert ("Content-Type", "text/plain; charset=utf-8") in headers
+    assert RECORDER.named("record") == [5]
+
+
+def test_statuses_are_the_handlers(signed_client: Client, issuer: Issuer) -> None:
+    entry_point = task_function(client=signed_client)
+    singular = encode(serialize(tasks.always_singular))
+    crash = encode(serialize(tasks.crash))
+    assert entry_point(request(singular, **auth(issuer)))[1] == 408
+    assert entry_point(request(crash, **auth(issuer)))[1] == 500
+
+
+def test_unauthenticated_requests_get_403_and_nothing_is_unpickled(signed_client: Client) -> None:
+    entry_point = task_function(client=signed_client)
+    spoofed = {"X-CloudTasks-QueueName": "default", "X-AppEngine-QueueName": "default"}
+    body, status, _ = entry_point(request(pickle.dumps(tasks.Canary()), **spoofed))
+    assert status == 403
+    assert body.startswith("Forbidden: ")
+    assert RECORDER.named("canary") == []
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_other_methods_get_405(method: str) -> None:
+    body, status, headers = deferred_task(request(method=method))
+    assert (body, status) == ("MethodNotAllowed", 405)
+    assert ("Allow", "POST") in headers
+
+
+def test_the_ready_entry_point_reads_the_environment() -> None:
+    # Nothing configured: every request is refused, as the WSGI handler does.
+    body, status, _ = deferred_task(request(pickle.dumps(tasks.Canary())))
+    assert status == 403
+    assert RECORDER.named("canary") == []
+    assert body.startswith("Forbidden")
+
+
+def test_entry_points_are_plain_functions_as_functions_framework_requires(
+    signed_client: Client,
+) -> None:
+    for entry_point in (deferred_task, task_function(client=signed_client)):
+        assert isinstance(entry_point, types.FunctionType)
+        assert entry_point.__name__ == "deferred_task"
+
+
+def test_flask_accepts_the_response(signed_client: Client, issuer: Issuer) -> None:
+    app = flask.Flask(__name__)
+    entry_point = task_function(client=signed_client)
+
+    @app.post("/")
+    def view() -> Any:
+        return entry_point(flask.request)
+
+    response = app.test_client().post("/", data=b"not a payload", headers=auth(issuer))
+    assert response.status_code == 200  # a body that is no payload: permanent failure
+    assert response.text == "PermanentTaskFailure"
+
+
+def test_importing_it_loads_neither_flask_nor_functions_framework() -> None:
+    code = (
+        "import sys, cloudtasks_deferred.functions\n"
+        "print(','.join(m for m in ('flask', 'functions_framework', 'google.cloud.tasks_v2')"
+        " if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""
