@@ -30,6 +30,7 @@ from .deferred import (
 from .errors import (
     ConfigurationError,
     Error,
+    PayloadTooLargeError,
     PermanentTaskFailure,
     SingularTaskFailure,
     TaskAlreadyExistsError,
@@ -50,6 +51,7 @@ __all__ = [
     "Error",
     # The legacy deferred API.
     "Handler",
+    "PayloadTooLargeError",
     "PermanentTaskFailure",
     "Settings",
     "SingularTaskFailure",

@@ -8,6 +8,7 @@ and ``google.appengine.api.taskqueue``::
      ├── SingularTaskFailure       raise it in a task: retry without an error log (HTTP 408)
      ├── TaskAlreadyExistsError    defer(_name=...) reused a name Cloud Tasks still holds
      │    └── TombstonedTaskError   ... a name whose task ended within the dedupe window
+     ├── PayloadTooLargeError      a payload too big even for Datastore: nothing was sent
      └── ConfigurationError        a setting is missing or invalid; the message names it
 
 Invalid arguments to :func:`~cloudtasks_deferred.defer` raise the built-in
@@ -21,6 +22,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigurationError",
     "Error",
+    "PayloadTooLargeError",
     "PermanentTaskFailure",
     "SingularTaskFailure",
     "TaskAlreadyExistsError",
@@ -69,3 +71,12 @@ class TombstonedTaskError(TaskAlreadyExistsError):
 
 class ConfigurationError(Error):
     """A setting is missing or invalid; the message names the setting and the fix."""
+
+
+class PayloadTooLargeError(Error):
+    """A deferred call's payload is too large even for the Datastore fallback.
+
+    Raised by :func:`~cloudtasks_deferred.defer` before anything is written or
+    enqueued; the message gives the size and the limit. Pass a reference to the
+    data (a Datastore key, a Cloud Storage object) instead of the data itself.
+    """

@@ -223,3 +223,22 @@ def test_ndb_context_auto_without_configuration_warns_once(
 def test_ndb_context_on_without_configuration_is_an_error() -> None:
     with pytest.raises(ConfigurationError, match="cannot open an NDB context"):
         client(ndb=True).ndb_context()
+
+
+def test_ndb_context_required_opens_one_even_when_ndb_is_off() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        client(ndb=False).ndb_context(required_for="an oversized payload")
+    message = str(caught.value)
+    assert message.startswith("an oversized payload needs Datastore, but cannot open an NDB")
+    assert "DATASTORE_EMULATOR_HOST" in message
+    assert "cloudtasks-deferred[ndb]" in message
+
+
+def test_frame_payload_is_what_open_payload_reads() -> None:
+    mine = client()
+    pickled = deferred.serialize(tasks.record, 7)
+    for compress in (False, True):
+        framed = mine.frame_payload(pickled, {"retry": {"task_retry_limit": 1}}, compress=compress)
+        opened = mine.open_payload(framed)
+        assert opened.metadata == {"retry": {"task_retry_limit": 1}}
+        assert (opened.func, opened.args) == (tasks.record, (7,))
