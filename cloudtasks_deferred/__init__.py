@@ -28,6 +28,7 @@ from .deferred import (
     set_log_level,
 )
 from .errors import (
+    BadTransactionStateError,
     ConfigurationError,
     Error,
     PayloadTooLargeError,
@@ -45,6 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # Configuration and context.
+    "BadTransactionStateError",
     "Client",
     "ConfigurationError",
     # Exceptions, legacy names first.

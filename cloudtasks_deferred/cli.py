@@ -18,6 +18,7 @@ __all__ = ["main"]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
+EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 
 
@@ -65,7 +66,47 @@ def _parser() -> argparse.ArgumentParser:
         help="interpreter that has gcloud-tasks-emulator installed (default: this one)",
     )
     emulator.set_defaults(run=_run_emulator)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="create transactional tasks whose creation after commit never happened",
+        description=(
+            "Creates the task of every outbox entry (defer(_transactional=True)) older "
+            "than --older-than seconds, as the app's process would have right after its "
+            "transaction committed. Configured from the environment, like the app."
+        ),
+    )
+    sweep.add_argument(
+        "--older-than",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="minimum age of an entry (default 300)",
+    )
+    sweep.add_argument(
+        "--limit", type=int, default=200, help="entries to handle, oldest first (default 200)"
+    )
+    sweep.set_defaults(run=_run_sweep)
     return parser
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from .client import Client
+    from .errors import ConfigurationError
+    from .sweeper import sweep
+
+    if args.older_than < 0 or args.limit < 1:
+        print("cloudtasks-deferred sweep: need --older-than >= 0 and --limit >= 1", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        report = sweep(Client(), older_than=timedelta(seconds=args.older_than), limit=args.limit)
+    except ConfigurationError as exc:
+        print(f"cloudtasks-deferred sweep: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"swept the outbox: {report.summary()}")
+    return EXIT_OK if report.failed == 0 else EXIT_FAILURE
 
 
 def _run_emulator(args: argparse.Namespace) -> int:

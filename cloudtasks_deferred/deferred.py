@@ -77,8 +77,10 @@ def defer(obj: Callable[..., Any], *args: Any, **kwargs: Any) -> tasks_v2.Task:
     * ``_retry_options`` (:class:`TaskRetryOptions`): per-task retry limits.
     * ``_dispatch_deadline`` (seconds or ``timedelta``): how long Cloud Tasks waits
       for the handler: 15 s to 30 min for HTTP tasks, to 24 h for App Engine tasks.
-    * ``_transactional`` (``bool``): not supported yet; ``True`` raises
-      ``NotImplementedError`` rather than enqueue outside the transaction.
+    * ``_transactional`` (``bool``): enqueue if and only if the surrounding NDB
+      transaction commits (see :mod:`cloudtasks_deferred.outbox`); outside one it
+      raises :class:`~cloudtasks_deferred.errors.BadTransactionStateError`. Not
+      together with ``_name``.
 
     A payload too large for a task is compressed, or stored in Datastore and run by
     :func:`run_from_datastore` (see :mod:`cloudtasks_deferred.oversized`).
@@ -89,7 +91,9 @@ def defer(obj: Callable[..., Any], *args: Any, **kwargs: Any) -> tasks_v2.Task:
         **kwargs: Keyword arguments for ``obj``, and the options above.
 
     Returns:
-        The created ``google.cloud.tasks_v2.Task`` (or the in-memory transport's).
+        The created ``google.cloud.tasks_v2.Task`` (or the in-memory transport's); with
+        ``_transactional=True``, the task as it will be created once the transaction
+        commits.
 
     Raises:
         TypeError: An unknown ``_`` option, or an option of the wrong type.
@@ -98,6 +102,7 @@ def defer(obj: Callable[..., Any], *args: Any, **kwargs: Any) -> tasks_v2.Task:
             nested function or class); ``AttributeError`` on some Python versions.
         TaskAlreadyExistsError: ``_name`` is taken.
         PayloadTooLargeError: The payload is too large even for Datastore.
+        BadTransactionStateError: ``_transactional=True`` outside an NDB transaction.
         ConfigurationError: The settings do not say where to send the task, or a
             payload needs Datastore and no NDB context can be opened.
         google.api_core.exceptions.GoogleAPICallError: Cloud Tasks refused the task.

@@ -14,7 +14,8 @@ Target rules, in order:
   what to set.
 
 A payload too large for a task is compressed or stored in Datastore
-(:mod:`cloudtasks_deferred.oversized`).
+(:mod:`cloudtasks_deferred.oversized`); ``_transactional=True`` goes through the
+outbox (:mod:`cloudtasks_deferred.outbox`).
 
 Errors from the service are translated where a legacy name exists
 (``ALREADY_EXISTS`` -> :class:`~cloudtasks_deferred.TaskAlreadyExistsError`) and
@@ -64,12 +65,6 @@ def enqueue(
 ) -> tasks_v2.Task:
     """Defers ``obj(*args, **kwargs)`` with ``client``; see :func:`cloudtasks_deferred.defer`."""
     options, call_kwargs = split_options(kwargs)
-    if options.transactional:
-        raise NotImplementedError(
-            "defer(_transactional=True) is not supported by this version: it would "
-            "enqueue even if the transaction rolls back. Defer after the commit instead "
-            "(ndb.get_context().call_on_commit(...)) or drop _transactional."
-        )
     metadata: dict[str, Any] = {}
     if options.retry_options is not None:
         ignored = options.retry_options.queue_level_fields
@@ -85,6 +80,15 @@ def enqueue(
         metadata["t0"] = (options.schedule_time or datetime.now(UTC)).timestamp()
     pickled = serialize(obj, *args, **call_kwargs)
     parent = client.queue_path(options.queue)
+    if options.transactional:
+        try:
+            from .outbox import enqueue_transactional
+        except ModuleNotFoundError as exc:
+            raise ConfigurationError(
+                f"defer(_transactional=True) needs google-cloud-ndb ({exc}): "
+                "pip install 'cloudtasks-deferred[ndb]'"
+            ) from exc
+        return enqueue_transactional(client, pickled, metadata, options, parent)
     build = task_builder(client, options, parent)
     placement = oversized.place(client, pickled, metadata, build)
     if placement.task is not None:

@@ -8,6 +8,7 @@ and ``google.appengine.api.taskqueue``::
      ├── SingularTaskFailure       raise it in a task: retry without an error log (HTTP 408)
      ├── TaskAlreadyExistsError    defer(_name=...) reused a name Cloud Tasks still holds
      │    └── TombstonedTaskError   ... a name whose task ended within the dedupe window
+     ├── BadTransactionStateError  defer(_transactional=True) outside an NDB transaction
      ├── PayloadTooLargeError      a payload too big even for Datastore: nothing was sent
      └── ConfigurationError        a setting is missing or invalid; the message names it
 
@@ -20,6 +21,7 @@ with a note saying what to check.
 from __future__ import annotations
 
 __all__ = [
+    "BadTransactionStateError",
     "ConfigurationError",
     "Error",
     "PayloadTooLargeError",
@@ -71,6 +73,15 @@ class TombstonedTaskError(TaskAlreadyExistsError):
 
 class ConfigurationError(Error):
     """A setting is missing or invalid; the message names the setting and the fix."""
+
+
+class BadTransactionStateError(Error):
+    """``defer(_transactional=True)`` was called outside an NDB transaction.
+
+    The legacy ``taskqueue`` name for the same mistake. A transactional task is
+    enqueued if and only if the surrounding transaction commits, so without one
+    there is nothing to tie it to.
+    """
 
 
 class PayloadTooLargeError(Error):

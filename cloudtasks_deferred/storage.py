@@ -7,11 +7,15 @@ kind                       holds
                            an unindexed blob ``data``. A payload larger than one entity keeps
                            its first chunk in ``data`` and the number of chunks in ``chunks``;
 ``_DeferredTaskChunk``     chunk *i* (1-based) of such a payload, a child of its head entity
+``_DeferredOutbox``        a transactional task whose creation is not confirmed yet: the task
+                           message, and when it was deferred (indexed, for the sweeper)
+``_DeferredOutboxRun``     a transactional task that has not run to completion yet, and the
+                           lease of the delivery running it
 =========================  ====================================================================
 
-All of them live in the default namespace, whatever the caller's. Every read and
-write bypasses NDB's caches: these entities are shared between processes and read
-once.
+All of them live in the default namespace, whatever the caller's, so that one
+sweep finds every outbox entry. Every read and write bypasses NDB's caches: these
+entities are shared between processes and read once.
 
 Sizes: a payload is cut into chunks of
 :data:`~cloudtasks_deferred.oversized.CHUNK_BYTES` (below Datastore's 1,048,487-byte
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from datetime import UTC
 from typing import Any, Final
 
 from google.cloud import ndb  # type: ignore[attr-defined]
@@ -36,6 +41,8 @@ from .frame import InvalidPayloadError
 from .oversized import CHUNK_BYTES, MAX_CHUNKS, MAX_STORED_BYTES
 
 __all__ = [
+    "DeferredOutbox",
+    "DeferredOutboxRun",
     "DeferredTaskChunk",
     "DeferredTaskEntity",
     "delete",
@@ -76,6 +83,40 @@ class DeferredTaskChunk(ndb.Model):  # type: ignore[misc]
     @classmethod
     def _get_kind(cls) -> str:
         return "_DeferredTaskChunk"
+
+
+class DeferredOutbox(ndb.Model):  # type: ignore[misc]
+    """A transactional task written in the caller's transaction, until it is created.
+
+    Attributes:
+        task: The serialized ``google.cloud.tasks_v2.Task``, its name included.
+        created: When it was deferred (indexed: the sweeper queries it).
+    """
+
+    task = ndb.BlobProperty(required=True)
+    created = ndb.DateTimeProperty(required=True, tzinfo=UTC)
+
+    @classmethod
+    def _get_kind(cls) -> str:
+        return "_DeferredOutbox"
+
+
+class DeferredOutboxRun(ndb.Model):  # type: ignore[misc]
+    """A transactional task that has not run to completion; same ID as its outbox entry.
+
+    Attributes:
+        lease_seconds: How long a delivery holds the task while running it.
+        leased_until: When the running delivery's lease ends; ``None`` when free.
+        lease_token: Identifies the delivery holding the lease.
+    """
+
+    lease_seconds = ndb.IntegerProperty(indexed=False, required=True)
+    leased_until = ndb.DateTimeProperty(indexed=False, tzinfo=UTC)
+    lease_token = ndb.TextProperty()
+
+    @classmethod
+    def _get_kind(cls) -> str:
+        return "_DeferredOutboxRun"
 
 
 def describe(key: ndb.Key) -> str:

@@ -12,6 +12,7 @@ from google.api_core import exceptions
 from google.cloud import tasks_v2
 
 from cloudtasks_deferred import (
+    BadTransactionStateError,
     Client,
     ConfigurationError,
     Settings,
@@ -88,12 +89,11 @@ def test_retry_limits_alone_do_not_warn() -> None:
         client().defer(tasks.record, _retry_options=TaskRetryOptions(task_age_limit=60))
 
 
-def test_transactional_is_refused_rather_than_enqueued_outside_the_transaction() -> None:
+def test_transactional_outside_a_transaction_is_refused_and_nothing_is_enqueued() -> None:
     transport = InMemoryTransport()
-    with pytest.raises(
-        NotImplementedError, match="would enqueue even if the transaction rolls back"
-    ):
+    with pytest.raises(BadTransactionStateError, match="inside an NDB transaction") as caught:
         client(transport).defer(tasks.record, _transactional=True)
+    assert "no NDB context is active" in str(caught.value)
     assert transport.tasks == []
 
 

@@ -36,6 +36,7 @@ def test_package_all_is_pinned() -> None:
         "Settings",
         "TaskInfo",
         "PayloadTooLargeError",
+        "BadTransactionStateError",
     }
     assert len(cloudtasks_deferred.__all__) == len(set(cloudtasks_deferred.__all__))
 
