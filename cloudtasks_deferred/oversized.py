@@ -101,9 +101,7 @@ class Placement:
 
 def task_bytes(task: tasks_v2.Task) -> int:
     """The size of ``task`` as sent to Cloud Tasks: its serialized ``Task`` message."""
-    from google.cloud import tasks_v2
-
-    size: int = tasks_v2.Task.pb(task).ByteSize()
+    size: int = type(task).pb(task).ByteSize()
     return size
 
 
