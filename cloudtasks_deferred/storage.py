@@ -30,8 +30,9 @@ This module imports ``google.cloud.ndb``; import it only where Datastore is need
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC
+from types import MappingProxyType
 from typing import Any, Final
 
 from google.cloud import ndb  # type: ignore[attr-defined]
@@ -56,7 +57,9 @@ __all__ = [
 #: The default namespace, whatever the caller's context uses.
 NAMESPACE: Final = ""
 #: Per-operation options: no context cache, no global cache.
-NO_CACHE: Final[dict[str, Any]] = {"use_cache": False, "use_global_cache": False}
+NO_CACHE: Final[Mapping[str, Any]] = MappingProxyType(
+    {"use_cache": False, "use_global_cache": False}
+)
 
 
 class DeferredTaskEntity(ndb.Expando):  # type: ignore[misc]
@@ -173,8 +176,9 @@ def store_payload(data: bytes) -> list[ndb.Key]:
 def load_payload(key: ndb.Key) -> tuple[bytes, list[ndb.Key]] | None:
     """Reads a stored payload, chunk by chunk.
 
-    Chunks are read one at a time: a lookup of several ~1 MB entities would exceed
-    gRPC's default 4 MiB response limit. Needs an NDB context.
+    Chunks are read one at a time: a lookup of several ~1 MB entities could exceed
+    the 4 MiB gRPC response limit of google-cloud-ndb's production channel. Needs an
+    NDB context.
 
     Args:
         key: The head entity's key.
