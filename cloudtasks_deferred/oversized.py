@@ -181,7 +181,10 @@ def enqueue_stored(
     """Stores a payload in Datastore and creates the task that runs it from there.
 
     The entities are written outside any transaction the caller has open (a
-    non-transactional ``defer`` enqueues at once, as in the legacy library).
+    non-transactional ``defer`` enqueues at once, as in the legacy library). If
+    ``create`` fails they are deleted; should the service have created the task all
+    the same (a timeout), that task finds no entity: a permanent failure logged with
+    the key, never a silent drop.
 
     Args:
         client: Its NDB context is used (one is opened if none is active).
