@@ -13,6 +13,7 @@ BENCHMARKS = {
     "P1": "benchmarks.p1_create_task",
     "P2": "benchmarks.p2_enqueue_overhead",
     "P5": "benchmarks.p5_cold_start",
+    "P7": "benchmarks.p7_large_payloads",
 }
 
 

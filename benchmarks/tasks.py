@@ -17,3 +17,7 @@ def make_batch(count: int = 100) -> list[dict[str, Any]]:
     return [
         {"id": i, "name": f"item {i}", "price": i * 1.5, "tags": ["a", "b"]} for i in range(count)
     ]
+
+
+def process_blob(blob: bytes) -> None:
+    """A task whose argument is one large payload."""

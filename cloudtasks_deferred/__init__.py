@@ -28,8 +28,10 @@ from .deferred import (
     set_log_level,
 )
 from .errors import (
+    BadTransactionStateError,
     ConfigurationError,
     Error,
+    PayloadTooLargeError,
     PermanentTaskFailure,
     SingularTaskFailure,
     TaskAlreadyExistsError,
@@ -44,12 +46,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     # Configuration and context.
+    "BadTransactionStateError",
     "Client",
     "ConfigurationError",
     # Exceptions, legacy names first.
     "Error",
     # The legacy deferred API.
     "Handler",
+    "PayloadTooLargeError",
     "PermanentTaskFailure",
     "Settings",
     "SingularTaskFailure",

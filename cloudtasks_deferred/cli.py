@@ -1,7 +1,8 @@
 """The ``cloudtasks-deferred`` command.
 
 Commands: ``emulator`` (the Cloud Tasks emulator on 127.0.0.1), ``queue-yaml`` (an
-App Engine queue.yaml as the Terraform module's queues), ``dev`` (an app on both
+App Engine queue.yaml as the Terraform module's queues), ``sweep`` (create the tasks
+of committed transactional defers that never got one), ``dev`` (an app on both
 emulators), ``inspect`` (what a payload would run, without running it).
 Each command's logic lives in its own module, imported when the command runs.
 
@@ -25,6 +26,7 @@ __all__ = ["main"]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
+EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 
 
@@ -76,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_queue_files(emulator)
     emulator.set_defaults(run=_run_emulator)
     _add_queue_yaml(commands)
+    _add_sweep(commands)
     _add_dev(commands)
     _add_inspect(commands)
     return parser
@@ -166,6 +169,48 @@ def _run_queue_yaml(args: argparse.Namespace) -> int:
         print(f"cloudtasks-deferred queue-yaml: cannot write {args.output}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _add_sweep(commands: Any) -> None:
+    sweep = commands.add_parser(
+        "sweep",
+        help="create transactional tasks whose creation after commit never happened",
+        description=(
+            "Creates the task of every outbox entry (defer(_transactional=True)) older "
+            "than --older-than seconds, as the app's process would have right after its "
+            "transaction committed. Configured from the environment, like the app."
+        ),
+    )
+    sweep.add_argument(
+        "--older-than",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="minimum age of an entry (default 300)",
+    )
+    sweep.add_argument(
+        "--limit", type=int, default=200, help="entries to handle, oldest first (default 200)"
+    )
+    sweep.set_defaults(run=_run_sweep)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from .client import Client
+    from .errors import ConfigurationError
+    from .sweeper import sweep
+
+    if args.older_than < 0 or args.limit < 1:
+        print("cloudtasks-deferred sweep: need --older-than >= 0 and --limit >= 1", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        report = sweep(Client(), older_than=timedelta(seconds=args.older_than), limit=args.limit)
+    except ConfigurationError as exc:
+        print(f"cloudtasks-deferred sweep: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"swept the outbox: {report.summary()}")
+    return EXIT_OK if report.failed == 0 else EXIT_FAILURE
 
 
 def _add_queue_files(command: argparse.ArgumentParser) -> None:

@@ -34,7 +34,7 @@ from .auth import Authenticator, authenticator_for
 from .auth.dev import DEV_INVOKER, DevKey, dev_key
 from .deadletters import DeadLetterSink, LoggingDeadLetters
 from .errors import ConfigurationError
-from .frame import decode
+from .frame import decode, encode
 from .payload import OpenedPayload, load_call
 from .settings import Platform, Settings, queue_path
 
@@ -133,6 +133,23 @@ class Client:
         func, args, kwargs = load_call(decoded.pickled)
         return OpenedPayload(decoded.metadata, func, args, kwargs)
 
+    def frame_payload(
+        self, pickled: bytes, metadata: dict[str, Any], *, compress: bool = False
+    ) -> bytes:
+        """Frames a pickled call under this client's rules: the mirror of :meth:`open_payload`.
+
+        Every task body and stored payload the library writes is framed here.
+
+        Args:
+            pickled: The pickled ``(callable, args, kwargs)``.
+            metadata: What the handler enforces (JSON-serializable).
+            compress: zlib-compress the pickle.
+
+        Returns:
+            The frame.
+        """
+        return encode(pickled, metadata, compress=compress)
+
     def queue_path(self, queue: str | None = None) -> str:
         """Returns ``projects/P/locations/L/queues/Q`` for ``queue`` (default: the settings').
 
@@ -155,16 +172,24 @@ class Client:
         finally:
             _bound.reset(token)
 
-    def ndb_context(self) -> contextlib.AbstractContextManager[object]:
+    def ndb_context(
+        self, *, required_for: str | None = None
+    ) -> contextlib.AbstractContextManager[object]:
         """An NDB context for running legacy code, when NDB is enabled and none is active.
 
         With ``settings.ndb`` unset (auto), a missing or unconfigured google-cloud-ndb
         gives no context (and a warning once); with ``settings.ndb=True`` it is an error.
 
+        Args:
+            required_for: What needs Datastore (e.g. ``"an oversized payload"``): a
+                context is then opened whatever ``settings.ndb`` says, and failing to
+                is an error that starts with this.
+
         Raises:
-            ConfigurationError: ``settings.ndb`` is true and no NDB client can be made.
+            ConfigurationError: ``settings.ndb`` is true, or ``required_for`` is given,
+                and no NDB client can be made; the message says what to configure.
         """
-        mode = self.settings.ndb
+        mode = True if required_for else self.settings.ndb
         if mode is False or (mode is None and (self._ndb_unavailable or not _ndb_installed())):
             return contextlib.nullcontext()
         try:
@@ -176,7 +201,8 @@ class Client:
             return context
         except Exception as exc:
             message = (
-                f"cannot open an NDB context ({exc}): install the ndb extra "
+                (f"{required_for} needs Datastore, but " if required_for else "")
+                + f"cannot open an NDB context ({exc}): install the ndb extra "
                 "(pip install 'cloudtasks-deferred[ndb]') and configure Datastore access "
                 "(GOOGLE_CLOUD_PROJECT and credentials, or DATASTORE_EMULATOR_HOST locally)"
             )

@@ -77,8 +77,13 @@ def defer(obj: Callable[..., Any], *args: Any, **kwargs: Any) -> tasks_v2.Task:
     * ``_retry_options`` (:class:`TaskRetryOptions`): per-task retry limits.
     * ``_dispatch_deadline`` (seconds or ``timedelta``): how long Cloud Tasks waits
       for the handler: 15 s to 30 min for HTTP tasks, to 24 h for App Engine tasks.
-    * ``_transactional`` (``bool``): not supported yet; ``True`` raises
-      ``NotImplementedError`` rather than enqueue outside the transaction.
+    * ``_transactional`` (``bool``): enqueue if and only if the surrounding NDB
+      transaction commits (see :mod:`cloudtasks_deferred.outbox`); outside one it
+      raises :class:`~cloudtasks_deferred.errors.BadTransactionStateError`. Not
+      together with ``_name``.
+
+    A payload too large for a task is compressed, or stored in Datastore and run by
+    :func:`run_from_datastore` (see :mod:`cloudtasks_deferred.oversized`).
 
     Args:
         obj: The callable to run; see :mod:`cloudtasks_deferred.payload`.
@@ -86,7 +91,9 @@ def defer(obj: Callable[..., Any], *args: Any, **kwargs: Any) -> tasks_v2.Task:
         **kwargs: Keyword arguments for ``obj``, and the options above.
 
     Returns:
-        The created ``google.cloud.tasks_v2.Task`` (or the in-memory transport's).
+        The created ``google.cloud.tasks_v2.Task`` (or the in-memory transport's); with
+        ``_transactional=True``, the task as it will be created once the transaction
+        commits.
 
     Raises:
         TypeError: An unknown ``_`` option, or an option of the wrong type.
@@ -94,26 +101,39 @@ def defer(obj: Callable[..., Any], *args: Any, **kwargs: Any) -> tasks_v2.Task:
         pickle.PicklingError: ``obj`` or an argument cannot be pickled (a lambda, a
             nested function or class); ``AttributeError`` on some Python versions.
         TaskAlreadyExistsError: ``_name`` is taken.
-        ConfigurationError: The settings do not say where to send the task.
+        PayloadTooLargeError: The payload is too large even for Datastore.
+        BadTransactionStateError: ``_transactional=True`` outside an NDB transaction.
+        ConfigurationError: The settings do not say where to send the task, or a
+            payload needs Datastore and no NDB context can be opened.
         google.api_core.exceptions.GoogleAPICallError: Cloud Tasks refused the task.
     """
     return current_client().defer(obj, *args, **kwargs)
 
 
 def run_from_datastore(key: Any) -> Any:
-    """Runs a task stored in a ``_DeferredTaskEntity`` (oversized payloads).
+    """Runs a task stored in a ``_DeferredTaskEntity`` (a payload too large for a task).
+
+    ``defer`` stores such payloads in Datastore and enqueues a call to this function
+    with the entity's key, as the legacy library did. The entity is deleted after
+    the call succeeds or fails permanently, and kept when the failure will be retried.
 
     Args:
-        key: The entity's key, or the key string the legacy library wrote.
+        key: The entity's ``ndb.Key``, or the URL-safe key string the legacy library
+            (``str(db.Key)``) or this one wrote.
+
+    Returns:
+        What the stored call returned.
 
     Raises:
-        NotImplementedError: Always, in this version: oversized payloads (stored in
-            Datastore through the ``ndb`` extra) are not supported yet.
+        PermanentTaskFailure: The entity does not exist (logged with its key) or holds
+            no payload, or the call raised it.
+        ConfigurationError: No NDB context can be opened; the message says what to
+            configure (the ``ndb`` extra, Datastore access).
+        Exception: Whatever else the call raised (the entity is kept for the retry).
     """
-    raise NotImplementedError(
-        "run_from_datastore needs oversized-payload support (the ndb extra), which this "
-        "version of cloudtasks_deferred does not include yet"
-    )
+    from .oversized import run_from_datastore as run_stored
+
+    return run_stored(key)
 
 
 def set_log_level(log_level: int) -> None:

@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -55,6 +56,7 @@ class _Process:
         self.port = port or free_port()
         self._log = log
         self._process: subprocess.Popen[bytes] | None = None
+        self._cwd: str | None = None
 
     @property
     def host(self) -> str:
@@ -79,6 +81,7 @@ class _Process:
             stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            cwd=self._cwd,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -194,6 +197,32 @@ class DatastoreEmulator(_Process):
         super().__init__(port, log)
         self.consistency = consistency
         self.project = project
+        self._workdir: tempfile.TemporaryDirectory[str] | None = None
+
+    def start(self, timeout: float = 60.0) -> Self:
+        """Starts the emulator in a directory of its own, and waits until it answers.
+
+        Its queries write ``WEB-INF/appengine-generated/datastore-indexes-auto.xml``
+        into its working directory: a temporary one, not the caller's project.
+
+        Raises:
+            EmulatorUnavailableError: It is missing, exited, or did not answer in time.
+        """
+        self._workdir = tempfile.TemporaryDirectory(prefix="datastore-emulator-")
+        self._cwd = self._workdir.name
+        return super().start(timeout)
+
+    @property
+    def workdir(self) -> Path | None:
+        """The emulator's working directory while it runs."""
+        return Path(self._cwd) if self._workdir is not None and self._cwd else None
+
+    def stop(self) -> None:
+        """Stops the emulator and removes its directory (idempotent)."""
+        super().stop()
+        workdir, self._workdir = self._workdir, None
+        if workdir is not None:
+            workdir.cleanup()
 
     @property
     def env(self) -> dict[str, str]:

@@ -13,6 +13,10 @@ Target rules, in order:
 * otherwise there is nowhere to send the task and a ``ConfigurationError`` says
   what to set.
 
+A payload too large for a task is compressed or stored in Datastore
+(:mod:`cloudtasks_deferred.oversized`); ``_transactional=True`` goes through the
+outbox (:mod:`cloudtasks_deferred.outbox`).
+
 Errors from the service are translated where a legacy name exists
 (``ALREADY_EXISTS`` -> :class:`~cloudtasks_deferred.TaskAlreadyExistsError`) and
 annotated with what to check otherwise.
@@ -23,6 +27,7 @@ imports it.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -31,9 +36,8 @@ from typing import TYPE_CHECKING, Any, Final
 from google.api_core import exceptions
 from google.cloud import tasks_v2
 
-from . import limits
+from . import limits, oversized
 from .errors import ConfigurationError, TaskAlreadyExistsError, TombstonedTaskError
-from .frame import encode
 from .options import TaskOptions, split_options
 from .payload import serialize
 from .retry import RetryOptionsWarning
@@ -45,7 +49,7 @@ if TYPE_CHECKING:
     from .client import Client
     from .transports import Transport
 
-__all__ = ["CONTENT_TYPE", "build_task", "create_task", "enqueue"]
+__all__ = ["CONTENT_TYPE", "build_task", "create_task", "enqueue", "task_builder"]
 
 #: The legacy deferred library's Content-Type for payloads.
 CONTENT_TYPE: Final = "application/octet-stream"
@@ -61,12 +65,6 @@ def enqueue(
 ) -> tasks_v2.Task:
     """Defers ``obj(*args, **kwargs)`` with ``client``; see :func:`cloudtasks_deferred.defer`."""
     options, call_kwargs = split_options(kwargs)
-    if options.transactional:
-        raise NotImplementedError(
-            "defer(_transactional=True) is not supported by this version: it would "
-            "enqueue even if the transaction rolls back. Defer after the commit instead "
-            "(ndb.get_context().call_on_commit(...)) or drop _transactional."
-        )
     metadata: dict[str, Any] = {}
     if options.retry_options is not None:
         ignored = options.retry_options.queue_level_fields
@@ -80,16 +78,42 @@ def enqueue(
             )
         metadata["retry"] = options.retry_options.to_metadata()
         metadata["t0"] = (options.schedule_time or datetime.now(UTC)).timestamp()
-    body = encode(serialize(obj, *args, **call_kwargs), metadata)
+    pickled = serialize(obj, *args, **call_kwargs)
     parent = client.queue_path(options.queue)
-    task = build_task(
-        body,
-        options,
-        client.settings,
-        parent=parent,
-        dev_token=client.mint_dev_token if client.settings.dev_mode else None,
+    if options.transactional:
+        try:
+            from .outbox import enqueue_transactional
+        except ModuleNotFoundError as exc:
+            raise ConfigurationError(
+                f"defer(_transactional=True) needs google-cloud-ndb ({exc}): "
+                "pip install 'cloudtasks-deferred[ndb]'"
+            ) from exc
+        return enqueue_transactional(client, pickled, metadata, options, parent)
+    build = task_builder(client, options, parent)
+    placement = oversized.place(client, pickled, metadata, build)
+    if placement.task is not None:
+        return create_task(client.transport, parent, placement.task)
+    assert placement.stored is not None  # noqa: S101 - place() sets one of the two
+    return oversized.enqueue_stored(
+        client,
+        placement.stored,
+        metadata,
+        build,
+        functools.partial(create_task, client.transport, parent),
     )
-    return create_task(client.transport, parent, task)
+
+
+def task_builder(
+    client: Client, options: TaskOptions, parent: str
+) -> Callable[[bytes], tasks_v2.Task]:
+    """Returns ``body -> Task``: :func:`build_task` with ``defer``'s options applied."""
+    settings = client.settings
+    dev_token = client.mint_dev_token if settings.dev_mode else None
+
+    def build(body: bytes) -> tasks_v2.Task:
+        return build_task(body, options, settings, parent=parent, dev_token=dev_token)
+
+    return build
 
 
 def create_task(transport: Transport, parent: str, task: tasks_v2.Task) -> tasks_v2.Task:

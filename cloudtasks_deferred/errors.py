@@ -8,6 +8,8 @@ and ``google.appengine.api.taskqueue``::
      ├── SingularTaskFailure       raise it in a task: retry without an error log (HTTP 408)
      ├── TaskAlreadyExistsError    defer(_name=...) reused a name Cloud Tasks still holds
      │    └── TombstonedTaskError   ... a name whose task ended within the dedupe window
+     ├── BadTransactionStateError  defer(_transactional=True) outside an NDB transaction
+     ├── PayloadTooLargeError      a payload too big even for Datastore: nothing was sent
      ├── ConfigurationError        a setting is missing or invalid; the message names it
      └── queue_yaml.QueueYamlError a queue.yaml cannot be converted (also a ValueError)
 
@@ -20,8 +22,10 @@ with a note saying what to check.
 from __future__ import annotations
 
 __all__ = [
+    "BadTransactionStateError",
     "ConfigurationError",
     "Error",
+    "PayloadTooLargeError",
     "PermanentTaskFailure",
     "SingularTaskFailure",
     "TaskAlreadyExistsError",
@@ -70,3 +74,21 @@ class TombstonedTaskError(TaskAlreadyExistsError):
 
 class ConfigurationError(Error):
     """A setting is missing or invalid; the message names the setting and the fix."""
+
+
+class BadTransactionStateError(Error):
+    """``defer(_transactional=True)`` was called outside an NDB transaction.
+
+    The legacy ``taskqueue`` name for the same mistake. A transactional task is
+    enqueued if and only if the surrounding transaction commits, so without one
+    there is nothing to tie it to.
+    """
+
+
+class PayloadTooLargeError(Error):
+    """A deferred call's payload is too large even for the Datastore fallback.
+
+    Raised by :func:`~cloudtasks_deferred.defer` before anything is written or
+    enqueued; the message gives the size and the limit. Pass a reference to the
+    data (a Datastore key, a Cloud Storage object) instead of the data itself.
+    """

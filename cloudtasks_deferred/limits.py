@@ -27,6 +27,10 @@ HTTP_DISPATCH_DEADLINE: Final = (timedelta(seconds=15), timedelta(minutes=30))
 #: Cloud Tasks ``dispatch_deadline``: App Engine targets accept 15 seconds to 24 hours.
 APP_ENGINE_DISPATCH_DEADLINE: Final = (timedelta(seconds=15), timedelta(hours=24))
 
+#: Cloud Tasks ``dispatch_deadline`` when a task sets none: 10 minutes for HTTP targets
+#: (and for App Engine targets on automatic scaling).
+DEFAULT_DISPATCH_DEADLINE: Final = timedelta(minutes=10)
+
 #: Cloud Tasks task IDs: letters, digits, hyphens and underscores, at most 500.
 TASK_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,500}")
 
@@ -37,3 +41,13 @@ QUEUE_ID: Final = re.compile(r"[A-Za-z0-9-]{1,100}")
 #: plus ``Authorization``, which the task's OIDC token sets.
 RESERVED_HEADERS: Final = frozenset({"host", "content-length", "authorization"})
 RESERVED_HEADER_PREFIXES: Final = ("x-google-", "x-googleapps-", "x-appengine-", "x-cloudtasks-")
+
+#: Datastore ("Firestore in Datastore mode" limits page): an entity is at most
+#: 1,048,572 bytes (1 MiB - 4 bytes) ...
+MAX_ENTITY_BYTES: Final = 1_048_572
+
+#: ... an unindexed property at most 1,048,487 bytes (1 MiB - 89 bytes) ...
+MAX_UNINDEXED_PROPERTY_BYTES: Final = 1_048_487
+
+#: ... and a transaction (its commit request) at most 10 MiB.
+MAX_TRANSACTION_BYTES: Final = 10 * 1024 * 1024

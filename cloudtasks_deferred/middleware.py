@@ -1,7 +1,9 @@
 """``wrap_wsgi_app``: the App Engine bundled-services middleware, for deferred tasks.
 
 Requests to ``/_ah/queue/deferred`` (and any extra ``paths``) go to the task
-:class:`~cloudtasks_deferred.Handler`; every other request goes to the wrapped app.
+:class:`~cloudtasks_deferred.Handler`, ``POST /_ah/queue/deferred/sweep`` to the
+outbox sweeper (:mod:`cloudtasks_deferred.sweeper`, authenticated like tasks);
+every other request goes to the wrapped app.
 Works with any WSGI app: Flask's ``app.wsgi_app``, Django's ``get_wsgi_application()``,
 a bare WSGI callable.
 
@@ -20,6 +22,7 @@ from .client import Client, current_client
 from .handler import Handler, StartResponse
 from .options import DEFAULT_URL
 from .settings import Settings
+from .sweeper import SWEEP_PATH, SweepApp
 
 __all__ = ["DeferredMiddleware", "wrap_wsgi_app"]
 
@@ -36,6 +39,7 @@ class DeferredMiddleware:
         client: Bound for every request when given, so ``defer`` in the app and in
             the tasks uses it; ``None`` follows the current client.
         ndb_context: Run app requests inside the client's NDB context.
+        routes: More exact ``PATH_INFO`` values, each with its own WSGI app.
     """
 
     def __init__(
@@ -46,18 +50,24 @@ class DeferredMiddleware:
         paths: Iterable[str],
         client: Client | None = None,
         ndb_context: bool = True,
+        routes: dict[str, WSGIApp] | None = None,
     ) -> None:
         self.app = app
         self.handler = handler
         self.paths = frozenset(paths)
         self.client = client
         self.ndb_context = ndb_context
+        self.routes = dict(routes or {})
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """Serves one request (PEP 3333)."""
         if environ.get("PATH_INFO") in self.paths:
             result: Iterable[bytes] = self.handler(environ, start_response)
             return result
+        route = self.routes.get(environ.get("PATH_INFO", ""))
+        if route is not None:
+            routed: Iterable[bytes] = route(environ, start_response)
+            return routed
         client = self.client or current_client()
         with contextlib.ExitStack() as stack:
             if self.client is not None:
@@ -77,6 +87,7 @@ def wrap_wsgi_app(
     handler: Handler | None = None,
     settings: Settings | None = None,
     client: Client | None = None,
+    sweep_path: str | None = SWEEP_PATH,
 ) -> WSGIApp:
     """Wraps a WSGI app so that it also serves deferred tasks.
 
@@ -97,6 +108,8 @@ def wrap_wsgi_app(
         settings: Configuration for the handler and for ``defer`` in the app's
             requests; the environment's when ``None`` (and ``client`` is ``None``).
         client: A ready client instead of ``settings``.
+        sweep_path: Where the outbox sweeper is served (with ``use_deferred``);
+            ``None`` serves none.
 
     Returns:
         The wrapped WSGI app.
@@ -113,10 +126,12 @@ def wrap_wsgi_app(
     if client is None and settings is not None:
         client = Client(settings)
     routes = (DEFAULT_URL, *extra) if use_deferred else ()
+    sweeper = {sweep_path: SweepApp(client)} if use_deferred and sweep_path else {}
     return DeferredMiddleware(
         app,
         handler=handler or Handler(client=client),
         paths=routes,
         client=client,
         ndb_context=use_legacy_context_mode,
+        routes=sweeper,
     )

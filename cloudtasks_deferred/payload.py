@@ -24,11 +24,12 @@ import dataclasses
 import pickle
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from .frame import InvalidPayloadError, decode
 
 __all__ = [
+    "RUN_ENTRY",
     "OpenedPayload",
     "describe_callable",
     "invoke_member",
@@ -38,6 +39,9 @@ __all__ = [
 ]
 
 Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+#: Frame metadata naming a transactional task's ``_DeferredOutboxRun`` entry.
+RUN_ENTRY: Final = "outbox"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +66,18 @@ class OpenedPayload:
         return describe_callable(self.func, self.args)
 
     def call(self) -> Any:
-        """Runs the task and returns what it returns."""
-        return self.func(*self.args, **self.kwargs)
+        """Runs the task and returns what it returns.
+
+        A transactional task (its metadata names a run entry, :data:`RUN_ENTRY`)
+        runs under that entry, so that a duplicate delivery does nothing; see
+        :mod:`cloudtasks_deferred.outbox`.
+        """
+        entry = self.metadata.get(RUN_ENTRY)
+        if entry is None:
+            return self.func(*self.args, **self.kwargs)
+        from .guard import run_once
+
+        return run_once(entry, self)
 
 
 def invoke_member(obj: Any, membername: str, *args: Any, **kwargs: Any) -> Any:

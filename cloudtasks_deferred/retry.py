@@ -19,10 +19,14 @@ only per queue in Cloud Tasks: setting it on a task emits a
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["RetryOptionsWarning", "TaskRetryOptions", "give_up_reason"]
+if TYPE_CHECKING:
+    from .context import TaskInfo
+
+__all__ = ["RetryOptionsWarning", "TaskRetryOptions", "give_up_reason", "gives_up"]
 
 
 class RetryOptionsWarning(UserWarning):
@@ -115,3 +119,27 @@ def give_up_reason(
             return None
         reasons.append(f"task_age_limit={age_limit}s reached at {age_seconds:.0f}s")
     return "; ".join(reasons) or None
+
+
+def gives_up(metadata: Mapping[str, Any], task: TaskInfo | None) -> bool:
+    """Whether the handler will give up on the failed attempt of ``task`` now.
+
+    For code that runs inside a task and must clean up once the task will not be
+    retried (e.g. a stored payload): the same rule the handler applies.
+
+    Args:
+        metadata: The payload frame's metadata (``retry`` limits, start time ``t0``).
+        task: The running task (:func:`~cloudtasks_deferred.current_task`); ``None``
+            outside one, where nothing gives up.
+    """
+    if task is None:
+        return False
+    start = metadata.get("t0")
+    if isinstance(start, (int, float)) and not isinstance(start, bool):
+        age: float | None = time.time() - start
+    else:
+        age = time.time() - task.eta.timestamp() if task.eta else None
+    reason = give_up_reason(
+        metadata.get("retry") or {}, retry_count=task.retry_count, age_seconds=age
+    )
+    return reason is not None

@@ -8,7 +8,12 @@ in dev mode, then:
    ``_countdown=20``, one with ``_countdown=40`` to the custom ``/custom/path``;
 2. defers ``demo_tasks.flaky``, which raises SingularTaskFailure on its first
    attempt and succeeds on the retry;
-3. waits until all of them ran, printing what the app logs, and prints the final
+3. defers ``demo_tasks.summarize`` with a 1.5 MB payload, too large for a task: it
+   is stored in Datastore and the task runs ``run_from_datastore``;
+4. records a deposit in an NDB transaction that defers ``demo_tasks.notify_deposit``
+   with ``_transactional=True`` (it runs once, after the commit), then a deposit whose
+   transaction rolls back (its task is never enqueued);
+5. waits until all of them ran, printing what the app logs, and prints the final
    counter (30); then stops everything. Exits 1 if anything did not happen.
 
 Run it with ``scripts/demo`` (which installs what is needed first).
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import os
 import subprocess
 import sys
@@ -27,6 +33,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from google.cloud import ndb
 
@@ -133,6 +140,10 @@ def drive(base_url: str) -> int:
             attempt = demo_tasks.DemoAttempt.get_by_id("demo", use_cache=False)
         say(f"demo_tasks.flaky succeeded after {attempt.attempts} attempts (one retry)")
 
+        with ndb.Client(project=PROJECT).context():
+            oversized(client, demo_tasks)
+            transactional(client, demo_tasks)
+
         counts: list[str] = []
         for target in ("10", "20", "30"):
             when = {"10": "now", "20": "after _countdown=20", "30": "after _countdown=40"}[target]
@@ -151,6 +162,58 @@ def drive(base_url: str) -> int:
     finally:
         app.terminate()
         app.wait(10)
+
+
+def oversized(client: Client, demo_tasks: Any) -> None:
+    blob = os.urandom(1_500_000)  # incompressible: even zlib cannot fit it in a task
+    task = client.defer(demo_tasks.summarize, "demo", blob)
+    runs = client.open_payload(task.http_request.body).callable_name
+    say(
+        f"deferred demo_tasks.summarize with {len(blob):,} bytes: too large for a task, "
+        f"stored in Datastore; the {len(task.http_request.body)}-byte task runs {runs}"
+    )
+    wait_until("demo_tasks.summarize", lambda: _summary(demo_tasks) is not None, 30)
+    summary = _summary(demo_tasks)
+    if summary.sha256 != hashlib.sha256(blob).hexdigest():
+        raise TimeoutError("demo_tasks.summarize received other bytes")
+    wait_until("the stored payload's deletion", lambda: not _stored_payloads(), 10)
+    say(f"demo_tasks.summarize got all {summary.size:,} bytes; its entity is deleted")
+
+
+def transactional(client: Client, demo_tasks: Any) -> None:
+    account_model = demo_tasks.DemoAccount
+
+    def deposit(amount: int, commit: bool) -> None:
+        account = account_model.get_by_id("demo") or account_model(id="demo")
+        account.balance += amount
+        account.put()
+        client.defer(demo_tasks.notify_deposit, "demo", amount, _transactional=True)
+        if not commit:
+            raise RuntimeError("the deposit is refused: roll back")
+
+    ndb.transaction(lambda: deposit(25, commit=True))
+    say("deposited 25 in a transaction that deferred notify_deposit(_transactional=True)")
+    with contextlib.suppress(RuntimeError):
+        ndb.transaction(lambda: deposit(1000, commit=False))
+    say("rolled back a deposit of 1000: its transactional task was never enqueued")
+    wait_until("demo_tasks.notify_deposit", lambda: bool(_account(demo_tasks).notified), 30)
+    account = _account(demo_tasks)
+    if account.notified != [25] or account.balance != 25:
+        raise TimeoutError(f"unexpected account state: {account}")
+    say(f"notify_deposit ran once, for 25 only; the balance is {account.balance}")
+
+
+def _stored_payloads() -> list[Any]:
+    query = ndb.Query(kind="_DeferredTaskEntity", namespace="")
+    return list(query.fetch(1, keys_only=True, use_cache=False))
+
+
+def _summary(demo_tasks: Any) -> Any:
+    return demo_tasks.DemoSummary.get_by_id("demo", use_cache=False, use_global_cache=False)
+
+
+def _account(demo_tasks: Any) -> Any:
+    return demo_tasks.DemoAccount.get_by_id("demo", use_cache=False, use_global_cache=False)
 
 
 def _answers(url: str) -> bool:

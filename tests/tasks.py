@@ -130,3 +130,29 @@ class Point:
 
     def __init__(self, x: int, y: int) -> None:
         RECORDER.add("Point", (x, y))
+
+
+def fingerprint(blob: bytes) -> tuple[int, str]:
+    """What a payload test compares: the size and SHA-256 of the bytes a task got."""
+    import hashlib
+
+    return len(blob), hashlib.sha256(blob).hexdigest()
+
+
+def digest(blob: bytes) -> tuple[int, str]:
+    RECORDER.add("digest", fingerprint(blob))
+    return fingerprint(blob)
+
+
+def digest_then_fail_permanently(blob: bytes) -> None:
+    RECORDER.add("digest_then_fail_permanently", fingerprint(blob))
+    raise PermanentTaskFailure("this task cannot succeed")
+
+
+def crash_once_then_digest(blob: bytes) -> None:
+    """Raises RuntimeError (a 500) on the first attempt, records on the retry."""
+    info = current_task()
+    RECORDER.add("attempt", info.retry_count if info else None)
+    if info is None or not info.retry_count:
+        raise RuntimeError("first attempt crashes")
+    RECORDER.add("digest", fingerprint(blob))

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_demo_runs_the_counter_sample_to_30(
+def test_the_demo_runs_the_counter_sample_to_30_and_the_storage_tasks(
     tasks_emulator: CloudTasksEmulator, datastore_emulator: DatastoreEmulator
 ) -> None:
     result = subprocess.run(
@@ -39,3 +39,13 @@ def test_the_demo_runs_the_counter_sample_to_30(
     assert "flaky('demo'): attempt 1 raises SingularTaskFailure" in output
     assert "flaky('demo'): attempt 2 succeeds (retry 1)" in output
     assert "Executing deferred task." in output  # the sample's custom _url route
+    # An oversized payload, stored in Datastore and run from there.
+    assert "stored in Datastore; the" in output
+    assert "task runs cloudtasks_deferred.deferred.run_from_datastore" in output
+    assert "summarize('demo'): got 1,500,000 bytes intact" in output
+    assert "[demo] demo_tasks.summarize got all 1,500,000 bytes" in output
+    # A transactional task runs once, after its commit; the rolled-back one never.
+    assert output.count("notify_deposit('demo', 25): runs after its transaction committed") == 1
+    assert "notify_deposit('demo', 1000)" not in output
+    assert "[demo] rolled back a deposit of 1000" in output
+    assert "[demo] notify_deposit ran once, for 25 only; the balance is 25" in output

@@ -12,6 +12,7 @@ from google.api_core import exceptions
 from google.cloud import tasks_v2
 
 from cloudtasks_deferred import (
+    BadTransactionStateError,
     Client,
     ConfigurationError,
     Settings,
@@ -88,12 +89,11 @@ def test_retry_limits_alone_do_not_warn() -> None:
         client().defer(tasks.record, _retry_options=TaskRetryOptions(task_age_limit=60))
 
 
-def test_transactional_is_refused_rather_than_enqueued_outside_the_transaction() -> None:
+def test_transactional_outside_a_transaction_is_refused_and_nothing_is_enqueued() -> None:
     transport = InMemoryTransport()
-    with pytest.raises(
-        NotImplementedError, match="would enqueue even if the transaction rolls back"
-    ):
+    with pytest.raises(BadTransactionStateError, match="inside an NDB transaction") as caught:
         client(transport).defer(tasks.record, _transactional=True)
+    assert "no NDB context is active" in str(caught.value)
     assert transport.tasks == []
 
 
@@ -223,3 +223,22 @@ def test_ndb_context_auto_without_configuration_warns_once(
 def test_ndb_context_on_without_configuration_is_an_error() -> None:
     with pytest.raises(ConfigurationError, match="cannot open an NDB context"):
         client(ndb=True).ndb_context()
+
+
+def test_ndb_context_required_opens_one_even_when_ndb_is_off() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        client(ndb=False).ndb_context(required_for="an oversized payload")
+    message = str(caught.value)
+    assert message.startswith("an oversized payload needs Datastore, but cannot open an NDB")
+    assert "DATASTORE_EMULATOR_HOST" in message
+    assert "cloudtasks-deferred[ndb]" in message
+
+
+def test_frame_payload_is_what_open_payload_reads() -> None:
+    mine = client()
+    pickled = deferred.serialize(tasks.record, 7)
+    for compress in (False, True):
+        framed = mine.frame_payload(pickled, {"retry": {"task_retry_limit": 1}}, compress=compress)
+        opened = mine.open_payload(framed)
+        assert opened.metadata == {"retry": {"task_retry_limit": 1}}
+        assert (opened.func, opened.args) == (tasks.record, (7,))

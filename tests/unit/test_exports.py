@@ -35,6 +35,8 @@ def test_package_all_is_pinned() -> None:
         "Client",
         "Settings",
         "TaskInfo",
+        "PayloadTooLargeError",
+        "BadTransactionStateError",
     }
     assert len(cloudtasks_deferred.__all__) == len(set(cloudtasks_deferred.__all__))
 

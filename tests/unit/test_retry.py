@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from cloudtasks_deferred import TaskRetryOptions
-from cloudtasks_deferred.retry import give_up_reason
+from cloudtasks_deferred.context import TaskInfo
+from cloudtasks_deferred.retry import give_up_reason, gives_up
 
 
 def test_legacy_fields() -> None:
@@ -71,3 +74,15 @@ def test_give_up_reason(
 ) -> None:
     reason = give_up_reason(limits, retry_count=retry_count, age_seconds=age)
     assert (reason is not None) is gives_up
+
+
+def test_gives_up_applies_the_handlers_rule_inside_a_task() -> None:
+    limit = {"retry": {"task_retry_limit": 2}}
+    assert not gives_up(limit, None)  # outside a task nothing gives up
+    assert not gives_up(limit, TaskInfo(retry_count=1))
+    assert gives_up(limit, TaskInfo(retry_count=2))
+    assert not gives_up({}, TaskInfo(retry_count=99))  # no limits: the queue decides
+    aged = {"retry": {"task_age_limit": 60}, "t0": time.time() - 61}
+    assert gives_up(aged, TaskInfo(retry_count=0))
+    eta = datetime.now(UTC) - timedelta(seconds=30)
+    assert not gives_up({"retry": {"task_age_limit": 60}}, TaskInfo(eta=eta))

@@ -1,0 +1,208 @@
+"""The outbox sweeper: creates transactional tasks whose creation after commit never happened.
+
+A transactional ``defer`` creates its task right after the transaction commits
+(:mod:`cloudtasks_deferred.outbox`). If the process dies in between, the task's
+``_DeferredOutbox`` entry stays behind; :func:`sweep` creates the task of every
+entry older than a threshold and deletes the entry. Run it periodically, either:
+
+* ``cloudtasks-deferred sweep`` (the command line, with the app's environment), or
+* ``POST /_ah/queue/deferred/sweep``, which :func:`~cloudtasks_deferred.wrap_wsgi_app`
+  serves with :class:`SweepApp`: a Cloud Scheduler job with an OIDC token for the
+  service account tasks use (``--oidc-service-account-email`` =
+  ``CLOUDTASKS_DEFERRED_SERVICE_ACCOUNT``, ``--oidc-token-audience`` = the service
+  URL). The request is authenticated exactly like a task, before anything else.
+
+Sweeping is safe at any time and from several places at once: a task that exists
+already is refused by Cloud Tasks (``ALREADY_EXISTS``, counted as created), and a
+duplicate delivery does nothing (:mod:`cloudtasks_deferred.guard`). Entries are
+swept oldest first, at most ``limit`` per call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Final
+
+from .auth import AuthenticationError, CertsUnavailableError
+from .handler import Outcome, StartResponse, response_for
+
+if TYPE_CHECKING:
+    from google.cloud import tasks_v2
+
+    from .client import Client
+
+__all__ = ["DEFAULT_LIMIT", "DEFAULT_OLDER_THAN", "SWEEP_PATH", "SweepApp", "SweepReport", "sweep"]
+
+_logger = logging.getLogger(__name__)
+
+#: Where :func:`~cloudtasks_deferred.wrap_wsgi_app` serves the sweeper.
+SWEEP_PATH: Final = "/_ah/queue/deferred/sweep"
+#: Entries younger than this are left alone: their process may still create the task.
+DEFAULT_OLDER_THAN: Final = timedelta(minutes=5)
+#: Entries handled per sweep.
+DEFAULT_LIMIT: Final = 200
+
+
+@dataclasses.dataclass
+class SweepReport:
+    """What one sweep did.
+
+    Attributes:
+        created: Tasks this sweep created.
+        existing: Tasks Cloud Tasks already had (``ALREADY_EXISTS``).
+        finished: Entries whose task had already run; removed without creating it.
+        failed: Tasks that could not be created; their entries wait for the next sweep.
+    """
+
+    created: int = 0
+    existing: int = 0
+    finished: int = 0
+    failed: int = 0
+
+    def summary(self) -> str:
+        """One line for logs and HTTP answers."""
+        return (
+            f"created {self.created}, already existing {self.existing}, "
+            f"already run {self.finished}, failed {self.failed}"
+        )
+
+
+def sweep(
+    client: Client,
+    *,
+    older_than: timedelta = DEFAULT_OLDER_THAN,
+    limit: int = DEFAULT_LIMIT,
+) -> SweepReport:
+    """Creates the tasks of outbox entries older than ``older_than``.
+
+    Args:
+        client: Its NDB context and transport are used (a context is opened if none
+            is active).
+        older_than: Minimum age of an entry; younger ones may still be created by the
+            process that committed them.
+        limit: Entries to handle in this call, oldest first.
+
+    Returns:
+        What was done.
+
+    Raises:
+        ConfigurationError: No NDB context can be opened; says what to configure.
+        ValueError: ``older_than`` is negative or ``limit`` is below 1.
+    """
+    if older_than < timedelta(0) or limit < 1:
+        raise ValueError(f"need older_than >= 0 and limit >= 1, got {older_than}, {limit}")
+    from google.cloud import ndb, tasks_v2  # type: ignore[attr-defined]
+
+    from . import storage
+    from .outbox import create_once
+
+    report = SweepReport()
+    with client.bind(), client.ndb_context(required_for="the outbox sweeper"):
+        cutoff = datetime.now(UTC) - older_than
+        model = storage.DeferredOutbox
+        query = model.query(model.created < cutoff, namespace=storage.NAMESPACE)
+        for key in query.order(model.created).fetch(limit, keys_only=True, **storage.NO_CACHE):
+            entry = key.get(**storage.NO_CACHE)
+            if entry is None:
+                continue  # created and deleted meanwhile
+            run_key = ndb.Key(storage.DeferredOutboxRun, key.id(), namespace=storage.NAMESPACE)
+            if run_key.get(**storage.NO_CACHE) is None:
+                report.finished += 1  # it ran: the entry's deletion was all that failed
+            else:
+                task = _fresh_dev_token(client, tasks_v2.Task.deserialize(entry.task))
+                try:
+                    created = create_once(client, task)
+                except Exception:
+                    _logger.exception("the sweeper could not create task %s", task.name)
+                    report.failed += 1
+                    continue
+                if created:
+                    report.created += 1
+                    _logger.info("the sweeper created transactional task %s", task.name)
+                else:
+                    report.existing += 1
+            storage.delete([key])
+    return report
+
+
+class SweepApp:
+    """A WSGI app that sweeps on ``POST``, authenticated exactly like the task handler.
+
+    Answers 200 with the report, 500 when a task could not be created (so that the
+    scheduler shows the failure), and otherwise as the handler would: 405 for other
+    methods, 403 unauthenticated, 503 when tokens cannot be verified.
+
+    Args:
+        client: The client to sweep with; the current one when ``None``.
+        older_than: Passed to :func:`sweep`.
+        limit: Passed to :func:`sweep`.
+    """
+
+    def __init__(
+        self,
+        client: Client | None = None,
+        *,
+        older_than: timedelta = DEFAULT_OLDER_THAN,
+        limit: int = DEFAULT_LIMIT,
+    ) -> None:
+        self._client = client
+        self.older_than = older_than
+        self.limit = limit
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """Serves one request (PEP 3333)."""
+        body, status, headers = self._respond(environ)
+        start_response(f"{status.value} {status.phrase}", headers)
+        return [body.encode()]
+
+    def _respond(self, environ: dict[str, Any]) -> tuple[str, HTTPStatus, list[tuple[str, str]]]:
+        if environ.get("REQUEST_METHOD") != "POST":
+            return response_for(Outcome.METHOD_NOT_ALLOWED)
+        try:
+            client = self._client or _current_client()
+            client.authenticator.authenticate(environ)
+        except AuthenticationError as exc:
+            _logger.warning("refused a sweep request: %s", exc)
+            return response_for(Outcome.UNAUTHENTICATED, str(exc))
+        except CertsUnavailableError as exc:
+            _logger.error("cannot verify sweep requests: %s", exc)
+            return response_for(Outcome.AUTH_UNAVAILABLE, "token verification is unavailable")
+        except Exception:
+            _logger.exception("the sweeper is misconfigured")
+            return response_for(Outcome.ERROR, "the sweeper is misconfigured")
+        try:
+            report = sweep(client, older_than=self.older_than, limit=self.limit)
+        except Exception:
+            _logger.exception("the outbox sweep failed")
+            return response_for(Outcome.ERROR, "the sweep failed; see the logs")
+        _logger.info("outbox sweep: %s", report.summary())
+        ok = report.failed == 0
+        status = HTTPStatus.OK if ok else HTTPStatus.INTERNAL_SERVER_ERROR
+        return f"Swept: {report.summary()}", status, [("Content-Type", "text/plain; charset=utf-8")]
+
+
+def _current_client() -> Client:
+    from .client import current_client
+
+    return current_client()
+
+
+def _fresh_dev_token(client: Client, task: tasks_v2.Task) -> tasks_v2.Task:
+    # A dev-mode token lasts an hour; a swept task may be older. Re-sign it for the
+    # same audience. (Production tasks carry oidc_token: Cloud Tasks signs at dispatch.)
+    if not client.settings.dev_mode or "http_request" not in task:
+        return task
+    headers: Any = task.http_request.headers
+    authorization = headers.get("Authorization", "")
+    if not authorization.startswith("Bearer "):
+        return task
+    from google.auth import jwt
+
+    claims = jwt.decode(authorization.removeprefix("Bearer "), verify=False)
+    token = client.mint_dev_token(str(claims["aud"]), datetime.now(UTC))
+    headers["Authorization"] = f"Bearer {token}"
+    return task
