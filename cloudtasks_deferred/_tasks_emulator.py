@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import grpc
         from gcloud_tasks_emulator import server
+        from google.api_core.exceptions import NotFound
     except ImportError as exc:
         print(
             f"cannot start the Cloud Tasks emulator ({exc}): "
@@ -48,6 +49,21 @@ def main(argv: list[str] | None = None) -> int:
             self._httpd.add_insecure_port(f"{_HOST}:{self._port}")
             self._httpd.start()
 
+    class SteadyQueueState(server.QueueState):  # type: ignore[misc]
+        """Its dispatch loop works on a snapshot of the queue: a task purged, run with
+        RunTask or deleted with its queue meanwhile raised there and silently ended
+        the queue's dispatch thread. Such a task is now skipped."""
+
+        def submit_task(self, task_name: str, force_run: bool = False) -> Any:
+            try:
+                return super().submit_task(task_name, force_run)
+            except (NotFound, ValueError):
+                if force_run:  # RunTask: the caller gets the error, as before
+                    raise
+                logging.info("task %s is gone; not dispatching it", task_name)
+                return None
+
+    server.QueueState = SteadyQueueState
     emulator: Any = server.create_server(
         _HOST, args.port, default_queue_names=args.queue, max_retries=args.max_retries
     )
