@@ -1,88 +1,72 @@
-# Copyright 2022 Google LLC
-#
-# Licensed under the Apache License, Version 2.0 (the "License");
-# you may not use this file except in compliance with the License.
-# You may obtain a copy of the License at
-#
-#     http://www.apache.org/licenses/LICENSE-2.0
-#
-# Unless required by applicable law or agreed to in writing, software
-# distributed under the License is distributed on an "AS IS" BASIS,
-# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
-# See the License for the specific language governing permissions and
-# limitations under the License.
-#
-# The App Engine documentation's deferred counter sample for a bare WSGI app
-# (python-docs-samples, appengine/standard_python3/bundled-services/deferred/wsgi),
-# migrated to cloudtasks_deferred by changing its three google.appengine import lines.
+"""A counter served by a bare WSGI app, in the style of App Engine bundled-services code.
 
-# [START gae_deferred_handler_wsgi]
+What it shows, unchanged from how legacy apps wrote it apart from the imports:
+
+* module-level task functions deferred with ``deferred.defer``, at once, with
+  ``_countdown``, and to a custom ``_url``;
+* a subclass of ``deferred.Handler`` (the legacy ``TaskHandler`` pattern) serving that
+  URL, adding its own logic before running the task;
+* NDB used in requests and tasks without opening a context: ``wrap_wsgi_app`` and the
+  task handler provide one.
+
+Run it locally with ``cloudtasks-deferred dev main:app`` (see README.md).
+"""
+
 import os
-import re
 
-from cloudtasks_deferred import wrap_wsgi_app
-from cloudtasks_deferred import deferred
 from google.cloud import ndb
 
-my_key = os.environ.get("GAE_VERSION", "Missing")
+from cloudtasks_deferred import deferred, wrap_wsgi_app
+
+COUNTER_ID = os.environ.get("GAE_VERSION", "Missing")
+TEXT = [("Content-Type", "text/plain; charset=utf-8")]
 
 
 class Counter(ndb.Model):
     count = ndb.IntegerProperty(indexed=False)
 
 
-def do_something_later(key, amount):
-    entity = Counter.get_or_insert(key, count=0)
-    entity.count += amount
-    entity.put()
+def do_something_later(counter_id, amount):
+    counter = Counter.get_or_insert(counter_id, count=0)
+    counter.count += amount
+    counter.put()
 
 
-def IncrementCounter(environ, start_response):
-    # Use default URL and queue name, no task name, execute ASAP.
-    deferred.defer(do_something_later, my_key, 10)
-
-    # Use default URL and queue name, no task name, execute after 10s.
-    deferred.defer(do_something_later, my_key, 10, _countdown=20)
-
-    # Providing non-default task queue arguments
-    deferred.defer(do_something_later, my_key, 10, _url="/custom/path", _countdown=40)
-
-    start_response("200 OK", [("Content-Type", "text/html")])
-    return ["Deferred counter increment.".encode("utf-8")]
+def increment(environ, start_response):
+    deferred.defer(do_something_later, COUNTER_ID, 10)
+    deferred.defer(do_something_later, COUNTER_ID, 10, _countdown=20)
+    deferred.defer(do_something_later, COUNTER_ID, 10, _url="/custom/path", _countdown=40)
+    start_response("200 OK", TEXT)
+    return [b"Deferred counter increment."]
 
 
-def ViewCounter(environ, start_response):
-    counter = Counter.get_or_insert(my_key, count=0)
-    start_response("200 OK", [("Content-Type", "text/html")])
-    return [str(counter.count).encode("utf-8")]
+def show(environ, start_response):
+    counter = Counter.get_or_insert(COUNTER_ID, count=0)
+    start_response("200 OK", TEXT)
+    return [str(counter.count).encode()]
 
 
-class CustomDeferredHandler(deferred.Handler):
-    """Deferred task handler that adds additional logic."""
+class LoggingTaskHandler(deferred.Handler):
+    """Runs tasks like the default handler, announcing each one first."""
 
     def post(self, environ):
         print("Executing deferred task.")
         return super().post(environ)
 
 
-routes = {
-    "counter/increment": IncrementCounter,
-    "counter/get": ViewCounter,
-    "custom/path": CustomDeferredHandler(),
+ROUTES = {
+    "/counter/increment": increment,
+    "/counter/get": show,
+    "/custom/path": LoggingTaskHandler(),
 }
 
 
-class WSGIApplication:
-    def __call__(self, environ, start_response):
-        path = environ.get("PATH_INFO", "").lstrip("/")
-        for regex, handler in routes.items():
-            match = re.search(regex, path)
-            if match is not None:
-                return handler(environ, start_response)
-
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return ["Not found".encode("utf-8")]
+def router(environ, start_response):
+    handler = ROUTES.get(environ.get("PATH_INFO", ""))
+    if handler is None:
+        start_response("404 Not Found", TEXT)
+        return [b"Not found"]
+    return handler(environ, start_response)
 
 
-app = wrap_wsgi_app(WSGIApplication(), use_deferred=True)
-# [END gae_deferred_handler_wsgi]
+app = wrap_wsgi_app(router, use_deferred=True)
