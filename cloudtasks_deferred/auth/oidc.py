@@ -15,15 +15,32 @@ A token is accepted only if, in this order:
 
 Each refusal raises :class:`AuthenticationError` with a reason safe to return to
 the caller: it says which check failed and never echoes configuration.
+
+Audiences are compared as exact strings. The default audience is the origin of
+``CLOUDTASKS_DEFERRED_BASE_URL`` (``https://host[:port]``, no path, no query), which is
+also what Cloud Run accepts for the service and what ``defer`` requests for every
+task. A base URL with a query string is refused by the settings: task URLs are the
+base URL plus ``_url``, so the query would end up in the middle of every URL, and a
+token minted for a URL with a query (Cloud Tasks' default audience is the task's
+full URL) never equals the audience the handler and Cloud Run compare it with.
+Custom domains: list every audience a token may carry in
+``CLOUDTASKS_DEFERRED_AUDIENCE`` (the first is the one ``defer`` requests).
+
+A token that passed every check is remembered (by its exact string, until its
+``exp``, in a bounded :class:`~cloudtasks_deferred.auth.token_cache.VerifiedTokens`),
+because Cloud Tasks sends the same token with many tasks; each request still checks
+that the token has not expired and that its signing key is still published.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Final
 
 from .certs import CertSource
+from .token_cache import DEFAULT_MAX_ENTRIES, CachedToken, VerifiedTokens
 
 __all__ = [
     "CLOCK_SKEW_SECONDS",
@@ -55,6 +72,9 @@ class OIDCVerifier:
         issuers: Accepted ``iss`` values.
         clock_skew: Seconds tolerated on ``exp`` and ``iat``.
         clock: Seconds since the epoch; injectable for tests.
+        cache_size: Most verified tokens remembered; 0 verifies every request in
+            full. The cache is private to this verifier: its audiences and invokers
+            are part of what a cached token passed.
     """
 
     def __init__(
@@ -66,15 +86,18 @@ class OIDCVerifier:
         issuers: Collection[str] = GOOGLE_ISSUERS,
         clock_skew: int = CLOCK_SKEW_SECONDS,
         clock: Callable[[], float] = time.time,
+        cache_size: int = DEFAULT_MAX_ENTRIES,
     ) -> None:
         if not audiences or not invokers:
             raise ValueError("an OIDC verifier needs at least one audience and one invoker")
         self.certs = certs
+        # Immutable: cached verdicts depend on them.
         self.audiences = tuple(audiences)
         self.invokers = frozenset(invokers)
         self.issuers = frozenset(issuers)
         self.clock_skew = clock_skew
         self._clock = clock
+        self.cache = VerifiedTokens(cache_size) if cache_size > 0 else None
 
     def verify(self, token: str) -> Mapping[str, Any]:
         """Checks ``token`` and returns its claims.
@@ -83,7 +106,7 @@ class OIDCVerifier:
             token: The compact JWT from ``Authorization: Bearer``.
 
         Returns:
-            The verified claims.
+            The verified claims (read-only).
 
         Raises:
             AuthenticationError: A check failed; the message names it.
@@ -93,6 +116,10 @@ class OIDCVerifier:
 
         if len(token) > MAX_TOKEN_BYTES:
             raise AuthenticationError("the bearer token is too long")
+        cached = self.cache.get(token, self._clock()) if self.cache is not None else None
+        # Per request even for a known token: its key must still be published, unchanged.
+        if cached is not None and self.certs.get(cached.kid) == cached.cert:
+            return cached.claims
         try:
             header = jwt.decode_header(token)
             unverified = jwt.decode(token, verify=False)
@@ -122,7 +149,11 @@ class OIDCVerifier:
             raise AuthenticationError("the token email is not an allowed invoker")
         if claims.get("email_verified") is not True:
             raise AuthenticationError("the token email is not verified")
-        return claims
+        frozen = MappingProxyType(dict(claims))
+        exp = _number(claims, "exp")
+        if exp is not None and self.cache is not None:
+            self.cache.put(token, CachedToken(claims=frozen, kid=kid, cert=cert, expires_at=exp))
+        return frozen
 
     def _check_times(self, claims: Mapping[str, Any]) -> None:
         now = self._clock()
