@@ -13,6 +13,9 @@ Target rules, in order:
 * otherwise there is nowhere to send the task and a ``ConfigurationError`` says
   what to set.
 
+With ``CLOUDTASKS_DEFERRED_SIGNING_KEYS`` set, the body is signed with the first key
+(:mod:`cloudtasks_deferred.signing`); the handler then refuses unsigned bodies.
+
 Errors from the service are translated where a legacy name exists
 (``ALREADY_EXISTS`` -> :class:`~cloudtasks_deferred.TaskAlreadyExistsError`) and
 annotated with what to check otherwise.
@@ -80,7 +83,11 @@ def enqueue(
             )
         metadata["retry"] = options.retry_options.to_metadata()
         metadata["t0"] = (options.schedule_time or datetime.now(UTC)).timestamp()
-    body = encode(serialize(obj, *args, **call_kwargs), metadata)
+    body = encode(
+        serialize(obj, *args, **call_kwargs),
+        metadata,
+        signing_key=client.settings.signing_key,
+    )
     parent = client.queue_path(options.queue)
     task = build_task(
         body,

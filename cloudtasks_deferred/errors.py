@@ -8,7 +8,10 @@ and ``google.appengine.api.taskqueue``::
      ├── SingularTaskFailure       raise it in a task: retry without an error log (HTTP 408)
      ├── TaskAlreadyExistsError    defer(_name=...) reused a name Cloud Tasks still holds
      │    └── TombstonedTaskError   ... a name whose task ended within the dedupe window
-     └── ConfigurationError        a setting is missing or invalid; the message names it
+     ├── ConfigurationError        a setting is missing or invalid; the message names it
+     └── PayloadRefusedError       a task body failed a payload check before unpickling
+          ├── PayloadSignatureError     ... unsigned or badly signed (frame.py)
+          └── DisallowedReferenceError  ... names code outside the allowlist (unpickling.py)
 
 Invalid arguments to :func:`~cloudtasks_deferred.defer` raise the built-in
 ``TypeError`` or ``ValueError``, naming the offending option. Errors from the Cloud
@@ -21,6 +24,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigurationError",
     "Error",
+    "PayloadRefusedError",
     "PermanentTaskFailure",
     "SingularTaskFailure",
     "TaskAlreadyExistsError",
@@ -69,3 +73,15 @@ class TombstonedTaskError(TaskAlreadyExistsError):
 
 class ConfigurationError(Error):
     """A setting is missing or invalid; the message names the setting and the fix."""
+
+
+class PayloadRefusedError(Error):
+    """An authenticated request's body failed a payload check, before it was unpickled.
+
+    Raised when signing keys are configured and the body is unsigned or its
+    signature does not verify, or when an allowlist is configured and the pickle
+    names code outside it. The handler answers 403, which Cloud Tasks retries: the
+    usual cause is a configuration mismatch between the enqueuer and the handler, and
+    fixing it drains the queue instead of dropping tasks. ``str(error)`` says which
+    check failed and never holds a secret.
+    """
