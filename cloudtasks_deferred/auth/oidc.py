@@ -2,7 +2,9 @@
 
 A token is accepted only if, in this order:
 
-1. it is a well-formed JWT no longer than :data:`MAX_TOKEN_BYTES`;
+1. it is a compact JWT no longer than :data:`MAX_TOKEN_BYTES`, made only of base64url
+   characters and two dots (base64 decoders skip other characters, so two different
+   strings could otherwise carry one token);
 2. its header says ``alg: RS256`` (``none``, ``HS256`` and the rest are refused
    before any key is looked up) and names a key ID the certificate source knows;
 3. ``exp`` and ``iat`` are numbers, the token has not expired and was not issued
@@ -34,6 +36,7 @@ that the token has not expired and that its signing key is still published.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from types import MappingProxyType
@@ -56,6 +59,9 @@ GOOGLE_ISSUERS: Final = ("accounts.google.com", "https://accounts.google.com")
 CLOCK_SKEW_SECONDS: Final = 10
 #: Longer tokens are refused before parsing; Google ID tokens are about 1 KB.
 MAX_TOKEN_BYTES: Final = 16 * 1024
+# header.payload.signature, base64url without padding (the signature may be empty,
+# so that alg "none" is refused by name).
+_COMPACT_JWT: Final = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
 class AuthenticationError(Exception):
@@ -112,14 +118,34 @@ class OIDCVerifier:
             AuthenticationError: A check failed; the message names it.
             CertsUnavailableError: No certificates could be fetched (transient).
         """
-        from google.auth import exceptions, jwt
-
         if len(token) > MAX_TOKEN_BYTES:
             raise AuthenticationError("the bearer token is too long")
+        if not _COMPACT_JWT.fullmatch(token):
+            raise AuthenticationError("the bearer token is not a valid JWT")
         cached = self.cache.get(token, self._clock()) if self.cache is not None else None
         # Per request even for a known token: its key must still be published, unchanged.
         if cached is not None and self.certs.get(cached.kid) == cached.cert:
             return cached.claims
+        claims, kid, cert = self._verify_signature(token)
+        if claims.get("iss") not in self.issuers:
+            raise AuthenticationError("the token issuer is not Google")
+        if claims.get("aud") not in self.audiences:
+            raise AuthenticationError("the token audience is not this service")
+        email = claims.get("email")
+        if not isinstance(email, str) or email not in self.invokers:
+            raise AuthenticationError("the token email is not an allowed invoker")
+        if claims.get("email_verified") is not True:
+            raise AuthenticationError("the token email is not verified")
+        frozen = MappingProxyType(dict(claims))
+        exp = _number(claims, "exp")
+        if exp is not None and self.cache is not None:
+            self.cache.put(token, CachedToken(claims=frozen, kid=kid, cert=cert, expires_at=exp))
+        return frozen
+
+    def _verify_signature(self, token: str) -> tuple[Mapping[str, Any], str, str]:
+        """Checks the header, the times and the signature: steps 2-4 of the module docstring."""
+        from google.auth import exceptions, jwt
+
         try:
             header = jwt.decode_header(token)
             unverified = jwt.decode(token, verify=False)
@@ -140,20 +166,7 @@ class OIDCVerifier:
             )
         except (ValueError, TypeError, exceptions.GoogleAuthError) as exc:
             raise AuthenticationError("the token signature does not verify") from exc
-        if claims.get("iss") not in self.issuers:
-            raise AuthenticationError("the token issuer is not Google")
-        if claims.get("aud") not in self.audiences:
-            raise AuthenticationError("the token audience is not this service")
-        email = claims.get("email")
-        if not isinstance(email, str) or email not in self.invokers:
-            raise AuthenticationError("the token email is not an allowed invoker")
-        if claims.get("email_verified") is not True:
-            raise AuthenticationError("the token email is not verified")
-        frozen = MappingProxyType(dict(claims))
-        exp = _number(claims, "exp")
-        if exp is not None and self.cache is not None:
-            self.cache.put(token, CachedToken(claims=frozen, kid=kid, cert=cert, expires_at=exp))
-        return frozen
+        return claims, kid, cert
 
     def _check_times(self, claims: Mapping[str, Any]) -> None:
         now = self._clock()

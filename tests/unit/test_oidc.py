@@ -87,6 +87,9 @@ def test_small_clock_skew_is_tolerated(verifier: OIDCVerifier, issuer: Issuer) -
         (lambda i: i.token(email=INVOKER.upper()), "not an allowed invoker"),
         (lambda i: i.token(aud=AUDIENCE + "/_ah/queue/deferred"), "audience is not this"),
         (lambda i: i.token(aud=AUDIENCE + "/?q=1"), "audience is not this"),
+        (lambda i: i.token().replace(".", ". ", 2), "not a valid JWT"),
+        (lambda i: i.token() + "==", "not a valid JWT"),
+        (lambda i: i.token() + ".x", "not a valid JWT"),
     ],
     ids=[
         "garbage",
@@ -120,6 +123,9 @@ def test_small_clock_skew_is_tolerated(verifier: OIDCVerifier, issuer: Issuer) -
         "email case",
         "audience with path",
         "audience with query",
+        "space inside (decoders skip it)",
+        "padding",
+        "four segments",
     ],
 )
 def test_bad_tokens_are_refused_with_the_failed_check(

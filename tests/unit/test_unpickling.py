@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from cloudtasks_deferred import Client, ConfigurationError, Handler, Settings
-from cloudtasks_deferred.frame import encode
+from cloudtasks_deferred.frame import InvalidPayloadError, encode
 from cloudtasks_deferred.payload import invoke_member, load_call, serialize
 from cloudtasks_deferred.transports.memory import InMemoryTransport
 from cloudtasks_deferred.unpickling import (
@@ -306,3 +306,17 @@ def test_the_handler_answers_403_naming_the_reference(
     assert call(handler, environ(body, headers=auth)).code == 403
     assert CANARY_MODULE not in sys.modules
     assert RECORDER.named("canary") == []
+
+
+@pytest.mark.parametrize(
+    "pickled",
+    [
+        b"\x80\x05M\xa0\x8dr\x92\x82\xbfF\x1c\x1a",  # LONG_BINPUT 3.2e9, found by the fuzz
+        b"\x80\x02K\x01p99999999999\n.",  # PUT with a text index
+    ],
+    ids=["long_binput", "put"],
+)
+def test_memo_indices_beyond_the_pickle_are_refused_before_unpickling(pickled: bytes) -> None:
+    # The C unpickler would size (and clear) its memo by the index: gigabytes.
+    with pytest.raises(InvalidPayloadError, match="memo index"):
+        ALLOWED.loads(pickled)
