@@ -120,12 +120,13 @@ class OIDCVerifier:
         """
         if len(token) > MAX_TOKEN_BYTES:
             raise AuthenticationError("the bearer token is too long")
-        if not _COMPACT_JWT.fullmatch(token):
-            raise AuthenticationError("the bearer token is not a valid JWT")
+        # A cached token passed every check below, the format included.
         cached = self.cache.get(token, self._clock()) if self.cache is not None else None
         # Per request even for a known token: its key must still be published, unchanged.
         if cached is not None and self.certs.get(cached.kid) == cached.cert:
             return cached.claims
+        if not _COMPACT_JWT.fullmatch(token):
+            raise AuthenticationError("the bearer token is not a valid JWT")
         claims, kid, cert = self._verify_signature(token)
         if claims.get("iss") not in self.issuers:
             raise AuthenticationError("the token issuer is not Google")
