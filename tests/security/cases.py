@@ -113,6 +113,10 @@ def _flip_signature_bit(token: str) -> str:
     return f"{head}.{payload}.{_b64(bytes(raw))}"
 
 
+def _clear_signed_flag(frame: bytes) -> bytes:
+    return frame[:5] + bytes([frame[5] & ~FLAG_SIGNED]) + frame[6:]
+
+
 def _flip_bit(data: bytes, index: int) -> bytes:
     flipped = bytearray(data)
     flipped[index] ^= 0x01
@@ -466,12 +470,7 @@ CASES: list[Case] = [
         "signed-payload-with-signed-flag-cleared",
         "signed",
         403,
-        lambda kit: _post(
-            kit,
-            canary_frame(kit.signing_key)[:5]
-            + bytes([canary_frame(kit.signing_key)[5] & ~FLAG_SIGNED])
-            + canary_frame(kit.signing_key)[6:],
-        ),
+        lambda kit: _post(kit, _clear_signed_flag(canary_frame(kit.signing_key))),
         b"Forbidden: the payload is not signed",
     ),
     Case(
