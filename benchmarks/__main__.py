@@ -12,6 +12,8 @@ from .common import Result
 BENCHMARKS = {
     "P1": "benchmarks.p1_create_task",
     "P2": "benchmarks.p2_enqueue_overhead",
+    "P3": "benchmarks.p3_auth_throughput",
+    "P4": "benchmarks.p4_cert_fetches",
     "P5": "benchmarks.p5_cold_start",
     "P7": "benchmarks.p7_large_payloads",
 }

@@ -23,6 +23,7 @@ import functools
 import importlib
 import importlib.util
 import logging
+import pickle
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -37,6 +38,7 @@ from .errors import ConfigurationError
 from .frame import decode, encode
 from .payload import OpenedPayload, load_call
 from .settings import Platform, Settings, queue_path
+from .unpickling import Allowlist
 
 if TYPE_CHECKING:
     from google.cloud import tasks_v2
@@ -119,18 +121,26 @@ class Client:
         """Decodes and unpickles a task body under this client's rules.
 
         Every task body the library runs goes through here, so that what a body must
-        satisfy before it is unpickled is decided in one place.
+        satisfy before it is unpickled is decided in one place:
+
+        * with ``settings.signing_keys``, the frame must be signed by one of them
+          (checked in constant time before anything else is parsed);
+        * with ``settings.allowed_modules``, the pickle may reference only allowed
+          code, refused before its module is imported.
 
         Args:
             body: The request body (a frame, or a bare legacy pickle).
 
         Raises:
+            PayloadRefusedError: The body is unsigned or badly signed, or references
+                code outside the allowlist (the handler answers 403, retried).
             InvalidPayloadError: The body is not a valid payload (a permanent failure).
             UnsupportedPayloadError: The frame needs a newer version of the library.
             ImportError, AttributeError: The pickle names code this deployment lacks.
         """
-        decoded = decode(body)
-        func, args, kwargs = load_call(decoded.pickled)
+        keys = self.settings.verification_keys
+        decoded = decode(body, keys=keys, require_signature=keys is not None)
+        func, args, kwargs = load_call(decoded.pickled, loads=self._loads)
         return OpenedPayload(decoded.metadata, func, args, kwargs)
 
     def frame_payload(
@@ -138,7 +148,8 @@ class Client:
     ) -> bytes:
         """Frames a pickled call under this client's rules: the mirror of :meth:`open_payload`.
 
-        Every task body and stored payload the library writes is framed here.
+        Every task body and stored payload the library writes is framed here, signed
+        with the first configured signing key if there is one.
 
         Args:
             pickled: The pickled ``(callable, args, kwargs)``.
@@ -148,7 +159,13 @@ class Client:
         Returns:
             The frame.
         """
-        return encode(pickled, metadata, compress=compress)
+        return encode(pickled, metadata, compress=compress, signing_key=self.settings.signing_key)
+
+    @functools.cached_property
+    def _loads(self) -> Callable[[bytes], Any]:
+        if not self.settings.allowed_modules:
+            return pickle.loads
+        return Allowlist(self.settings.allowed_modules).loads
 
     def queue_path(self, queue: str | None = None) -> str:
         """Returns ``projects/P/locations/L/queues/Q`` for ``queue`` (default: the settings').

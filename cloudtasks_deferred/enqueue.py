@@ -17,6 +17,9 @@ A payload too large for a task is compressed or stored in Datastore
 (:mod:`cloudtasks_deferred.oversized`); ``_transactional=True`` goes through the
 outbox (:mod:`cloudtasks_deferred.outbox`).
 
+With ``CLOUDTASKS_DEFERRED_SIGNING_KEYS`` set, the body is signed with the first key
+(:mod:`cloudtasks_deferred.signing`); the handler then refuses unsigned bodies.
+
 Errors from the service are translated where a legacy name exists
 (``ALREADY_EXISTS`` -> :class:`~cloudtasks_deferred.TaskAlreadyExistsError`) and
 annotated with what to check otherwise.

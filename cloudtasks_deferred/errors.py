@@ -11,7 +11,10 @@ and ``google.appengine.api.taskqueue``::
      ├── BadTransactionStateError  defer(_transactional=True) outside an NDB transaction
      ├── PayloadTooLargeError      a payload too big even for Datastore: nothing was sent
      ├── ConfigurationError        a setting is missing or invalid; the message names it
-     └── queue_yaml.QueueYamlError a queue.yaml cannot be converted (also a ValueError)
+     ├── queue_yaml.QueueYamlError a queue.yaml cannot be converted (also a ValueError)
+     └── PayloadRefusedError       a task body failed a payload check before unpickling
+          ├── PayloadSignatureError     ... unsigned or badly signed (frame.py)
+          └── DisallowedReferenceError  ... names code outside the allowlist (unpickling.py)
 
 Invalid arguments to :func:`~cloudtasks_deferred.defer` raise the built-in
 ``TypeError`` or ``ValueError``, naming the offending option. Errors from the Cloud
@@ -25,6 +28,7 @@ __all__ = [
     "BadTransactionStateError",
     "ConfigurationError",
     "Error",
+    "PayloadRefusedError",
     "PayloadTooLargeError",
     "PermanentTaskFailure",
     "SingularTaskFailure",
@@ -91,4 +95,16 @@ class PayloadTooLargeError(Error):
     Raised by :func:`~cloudtasks_deferred.defer` before anything is written or
     enqueued; the message gives the size and the limit. Pass a reference to the
     data (a Datastore key, a Cloud Storage object) instead of the data itself.
+    """
+
+
+class PayloadRefusedError(Error):
+    """An authenticated request's body failed a payload check, before it was unpickled.
+
+    Raised when signing keys are configured and the body is unsigned or its
+    signature does not verify, or when an allowlist is configured and the pickle
+    names code outside it. The handler answers 403, which Cloud Tasks retries: the
+    usual cause is a configuration mismatch between the enqueuer and the handler, and
+    fixing it drains the queue instead of dropping tasks. ``str(error)`` says which
+    check failed and never holds a secret.
     """

@@ -34,7 +34,7 @@ import zlib
 from collections.abc import Mapping
 from typing import Any, Final
 
-from .errors import PermanentTaskFailure
+from .errors import PayloadRefusedError, PermanentTaskFailure
 
 __all__ = [
     "FLAG_COMPRESSED",
@@ -81,7 +81,7 @@ class UnsupportedPayloadError(Exception):
     """
 
 
-class PayloadSignatureError(Exception):
+class PayloadSignatureError(PayloadRefusedError):
     """The frame is unsigned where a signature is required, or its signature is wrong."""
 
 

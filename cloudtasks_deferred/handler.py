@@ -22,6 +22,7 @@ the task's own ``_retry_options`` are exhausted        200     no (logged, dead 
 ``SingularTaskFailure``                                408     yes
 any other exception, incl. missing code                500     yes
 caller not authenticated                               403     yes
+payload unsigned, badly signed, or outside allowlist   403     yes (nothing unpickled)
 no certificates to verify tokens with                  503     yes
 method other than POST                                 405     n/a
 body larger than a task (1 MB)                         413     n/a
@@ -44,7 +45,7 @@ from . import limits
 from .auth import AuthenticationError, CertsUnavailableError
 from .context import TaskInfo, running
 from .deadletters import DeadLetter
-from .errors import PermanentTaskFailure, SingularTaskFailure
+from .errors import PayloadRefusedError, PermanentTaskFailure, SingularTaskFailure
 from .retry import give_up_reason
 from .settings import Settings
 
@@ -116,6 +117,9 @@ def outcome_of(error: BaseException | None) -> Outcome:
     """
     if error is None:
         return Outcome.SUCCESS
+    if isinstance(error, PayloadRefusedError):
+        # The payload failed authentication: retried, so a fixed configuration drains it.
+        return Outcome.UNAUTHENTICATED
     if isinstance(error, PermanentTaskFailure):
         return Outcome.PERMANENT_FAILURE
     if isinstance(error, SingularTaskFailure):
@@ -309,6 +313,9 @@ class Handler:
         where = f"task {task.task_name} (queue {task.queue_name}, retry {task.retry_count})"
         what = name or "an undecodable payload"
 
+        if outcome is Outcome.UNAUTHENTICATED:
+            _logger.warning("%s: refused the payload: %s", where, error)
+            return _Attempt(outcome, detail=str(error))
         if outcome in (Outcome.SINGULAR_FAILURE, Outcome.ERROR):
             reason = give_up_reason(
                 metadata.get("retry") or {},

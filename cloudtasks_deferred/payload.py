@@ -26,6 +26,7 @@ import types
 from collections.abc import Callable
 from typing import Any, Final
 
+from .errors import PayloadRefusedError
 from .frame import InvalidPayloadError, decode
 
 __all__ = [
@@ -156,11 +157,13 @@ def describe_callable(func: Callable[..., Any], args: tuple[Any, ...] = ()) -> s
     return _qualified_name(func)
 
 
-def load_call(pickled: bytes) -> Call:
+def load_call(pickled: bytes, *, loads: Callable[[bytes], Any] = pickle.loads) -> Call:
     """Unpickles a ``(callable, args, kwargs)`` tuple. Only call it on trusted bytes.
 
     Args:
         pickled: The pickle from :func:`cloudtasks_deferred.frame.decode`.
+        loads: The unpickling function, e.g. an allowlist's
+            (:mod:`cloudtasks_deferred.unpickling`).
 
     Returns:
         The callable and its arguments.
@@ -168,10 +171,11 @@ def load_call(pickled: bytes) -> Call:
     Raises:
         InvalidPayloadError: The bytes are not a pickle of such a tuple.
         ImportError, AttributeError: The pickle names code this deployment lacks.
+        PayloadRefusedError: ``loads`` refused the pickle (e.g. outside an allowlist).
     """
     try:
-        call = pickle.loads(pickled)
-    except (ImportError, AttributeError):
+        call = loads(pickled)
+    except (ImportError, AttributeError, PayloadRefusedError):
         raise
     except Exception as exc:
         raise InvalidPayloadError(f"the payload does not unpickle: {exc!r}") from exc

@@ -29,6 +29,12 @@ variable                                  meaning (default)
 ``CLOUDTASKS_DEFERRED_NDB``               ``true``/``false``/``auto``: run tasks and wrapped
                                           requests in an NDB context (``auto``: when
                                           google-cloud-ndb is installed)
+``CLOUDTASKS_DEFERRED_SIGNING_KEYS``      comma-separated ``key_id:base64url-secret``: sign
+                                          payloads with the first, require one of them
+                                          (none; see :mod:`cloudtasks_deferred.signing`)
+``CLOUDTASKS_DEFERRED_ALLOWED_MODULES``   comma-separated module prefixes or exact names
+                                          payloads may reference (anything; see
+                                          :mod:`cloudtasks_deferred.unpickling`)
 ========================================  ==================================================
 
 The platform is detected from the variables the platforms set: ``GAE_ENV=standard``
@@ -46,11 +52,15 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Final
 from urllib.parse import urlsplit
 
 from . import limits
 from .errors import ConfigurationError
+from .frame import SigningKey
+from .signing import parse_signing_keys
+from .unpickling import check_entries
 
 __all__ = ["GOOGLE_OIDC_CERTS_URL", "Platform", "Settings", "origin", "queue_path"]
 
@@ -79,6 +89,8 @@ _ENV_NAMES: Final = {
     "dev_mode": f"{_PREFIX}DEV_MODE",
     "dev_key_file": f"{_PREFIX}DEV_KEY_FILE",
     "ndb": f"{_PREFIX}NDB",
+    "signing_keys": f"{_PREFIX}SIGNING_KEYS",
+    "allowed_modules": f"{_PREFIX}ALLOWED_MODULES",
 }
 
 
@@ -143,6 +155,11 @@ class Settings:
         ndb: Whether tasks (and requests through ``wrap_wsgi_app``) run in an NDB
             context: ``True``, ``False``, or ``None`` for "when google-cloud-ndb is
             installed".
+        signing_keys: Keys for payload signatures: ``defer`` signs with the first,
+            the handler refuses payloads not signed by one of them. Empty: payloads
+            are neither signed nor checked.
+        allowed_modules: Module prefixes or exact names a payload may reference
+            (:mod:`cloudtasks_deferred.unpickling`). Empty: no allowlist.
 
     Raises:
         ConfigurationError: A value is invalid; the message names the field and its
@@ -164,6 +181,8 @@ class Settings:
     dev_mode: bool = False
     dev_key_file: Path | None = None
     ndb: bool | None = None
+    signing_keys: tuple[SigningKey, ...] = ()
+    allowed_modules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.project is not None:
@@ -187,6 +206,13 @@ class Settings:
         if self.emulator_host is not None:
             host, _, port = self.emulator_host.rpartition(":")
             _check(host and port.isdigit(), "emulator_host", "host:port, e.g. 127.0.0.1:8123")
+        _check_signing_keys(self.signing_keys)
+        try:
+            check_entries(self.allowed_modules)
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"Settings.allowed_modules ({_ENV_NAMES['allowed_modules']}): {exc}."
+            ) from None
         if self.dev_mode and self.platform is not Platform.LOCAL:
             raise ConfigurationError(
                 f"dev mode ({_ENV_NAMES['dev_mode']}) signs tasks with a local key and "
@@ -231,6 +257,10 @@ class Settings:
             dev_mode=_flag("dev_mode", get("dev_mode"), default=False) or False,
             dev_key_file=Path(dev_key) if dev_key else _default_dev_key_file(env),
             ndb=_flag("ndb", get("ndb"), default=None, allow_auto=True),
+            signing_keys=parse_signing_keys(
+                get("signing_keys"), variable=_ENV_NAMES["signing_keys"]
+            ),
+            allowed_modules=_csv(get("allowed_modules")),
         )
 
     @functools.cached_property
@@ -253,6 +283,18 @@ class Settings:
             return self.allowed_invokers
         return (self.service_account,) if self.service_account else ()
 
+    @functools.cached_property
+    def signing_key(self) -> SigningKey | None:
+        """The key ``defer`` signs payloads with: the first of :attr:`signing_keys`."""
+        return self.signing_keys[0] if self.signing_keys else None
+
+    @functools.cached_property
+    def verification_keys(self) -> Mapping[str, bytes] | None:
+        """``{key id: secret}`` the handler accepts signatures from; ``None`` without keys."""
+        if not self.signing_keys:
+            return None
+        return MappingProxyType({key.key_id: key.secret for key in self.signing_keys})
+
 
 def queue_path(project: str, location: str, queue: str) -> str:
     """Returns the queue's full resource name, ``projects/P/locations/L/queues/Q``."""
@@ -272,6 +314,17 @@ def origin(url: str) -> str:
 def _check(ok: object, field: str, expected: str) -> None:
     if not ok:
         raise ConfigurationError(f"Settings.{field} ({_ENV_NAMES[field]}) must be {expected}.")
+
+
+def _check_signing_keys(keys: tuple[SigningKey, ...]) -> None:
+    # Only types and key IDs are checked here: SigningKey validated each secret.
+    _check(
+        all(isinstance(key, SigningKey) for key in keys),
+        "signing_keys",
+        "SigningKey objects (parse the variable with cloudtasks_deferred.signing)",
+    )
+    ids = [key.key_id for key in keys]
+    _check(len(set(ids)) == len(ids), "signing_keys", "keys with distinct key IDs")
 
 
 def _check_base_url(url: str) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 from cloudtasks_deferred import PermanentTaskFailure, SingularTaskFailure, current_task
@@ -81,9 +84,21 @@ def defer_another(value: Any) -> None:
     deferred.defer(record, value)
 
 
+#: Set for a server process (gunicorn) so that its canary calls are seen by the tests.
+CANARY_DIR_VARIABLE = "SECURITY_TEST_CANARY_DIR"
+
+
 def canary(*args: Any) -> None:
-    """Called by unpickling a Canary: proves a payload was unpickled."""
+    """Called by unpickling a Canary: proves a payload was unpickled.
+
+    Recorded in this process and, when ``SECURITY_TEST_CANARY_DIR`` is set, as a file
+    there, so that a test can see a call made in another process.
+    """
     RECORDER.add("canary", args)
+    directory = os.environ.get(CANARY_DIR_VARIABLE)
+    if directory:
+        path = Path(directory) / f"canary-{os.getpid()}-{uuid.uuid4().hex}"
+        path.write_text(repr(args))
 
 
 class Canary:

@@ -102,10 +102,11 @@ class RequestAuthenticator:
         if not isinstance(authorization, str) or not authorization:
             raise AuthenticationError("the request has no Authorization: Bearer token")
         scheme, _, token = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             raise AuthenticationError("the Authorization header is not a Bearer token")
-        claims = self.verifier.verify(token.strip())
-        return Caller(via="oidc", identity=str(claims["email"]))
+        claims = self.verifier.verify(token)
+        return Caller("oidc", claims["email"])
 
     def _log_hint(self) -> None:
         with self._hint_lock:

@@ -5,13 +5,22 @@ unless its transport caches them; at one fetch per task that is both slow and a
 dependency on Google's endpoint for every request. :class:`CachedCerts` keeps
 them for the ``Cache-Control: max-age`` the endpoint sends:
 
-* one fetch per cache period, whatever the number of threads asking (the fetch
-  happens under a lock; readers of a fresh cache take no lock);
-* a key ID the cache does not know (Google rotated keys) triggers a refresh, at
-  most once per :data:`MIN_REFRESH_INTERVAL`;
+* one fetch per cache period, whatever the number of threads asking: the fetch
+  happens under a lock, readers of a fresh cache take no lock, and while one thread
+  refreshes an expired cache the others keep verifying with it instead of waiting;
+* the lifetime is ``max-age`` minus ``Age``, kept between
+  :data:`MIN_REFRESH_INTERVAL` and :data:`MAX_CACHE_SECONDS`, or
+  :data:`DEFAULT_MAX_AGE` without a usable ``max-age``;
+* a key ID the cache does not know (Google rotated keys, or a forged token) triggers
+  a refresh at most once per :data:`MIN_REFRESH_INTERVAL`, so unknown key IDs cannot
+  make us hammer the endpoint;
 * when a refresh fails, certificates fetched less than :data:`STALE_GRACE` past
-  their expiry keep verifying; with none at all, :class:`CertsUnavailableError`
-  (the handler answers 503, which Cloud Tasks retries).
+  their expiry keep verifying, and the fetch is retried at most once per
+  :data:`RETRY_INTERVAL`, not once per request;
+* with no certificates at all, :class:`CertsUnavailableError` (the handler answers
+  503, which Cloud Tasks retries); fetches are then retried at most once per
+  :data:`RETRY_INTERVAL` and requests in between fail fast rather than queue behind
+  one fetch after another.
 """
 
 from __future__ import annotations
@@ -39,6 +48,10 @@ __all__ = [
 DEFAULT_MAX_AGE: Final = 300.0
 #: Seconds between refreshes triggered by unknown key IDs (and the shortest cache life).
 MIN_REFRESH_INTERVAL: Final = 30.0
+#: Longest cache lifetime in seconds, whatever ``max-age`` says.
+MAX_CACHE_SECONDS: Final = 86400.0
+#: Seconds between fetch attempts after a failed one.
+RETRY_INTERVAL: Final = 5.0
 #: Seconds past expiry during which cached certificates still verify if refreshing fails.
 STALE_GRACE: Final = 3600.0
 #: Seconds a certificate fetch may take.
@@ -107,27 +120,49 @@ class CachedCerts:
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
         self._last_attempt = float("-inf")
+        self._last_error = ""
+        #: Fetches attempted so far (for tests and benchmarks).
         self.fetch_count = 0
 
     def get(self, kid: str) -> str | None:
         """Returns the PEM for ``kid``, refreshing the cache when it expired or lacks ``kid``.
 
         Raises:
-            CertsUnavailableError: Nothing usable is cached and the fetch failed.
+            CertsUnavailableError: Nothing usable is cached and the fetch failed (now or
+                less than :data:`RETRY_INTERVAL` ago).
         """
         snapshot = self._snapshot
         now = self._clock()
-        if snapshot is not None and now < snapshot.expires_at and kid in snapshot.certs:
-            return snapshot.certs[kid]
-        with self._lock:
-            snapshot = self._snapshot
-            now = self._clock()
-            expired = snapshot is None or now >= snapshot.expires_at
-            unknown = snapshot is not None and kid not in snapshot.certs
-            may_refresh = now - self._last_attempt >= MIN_REFRESH_INTERVAL
-            if snapshot is None or expired or (unknown and may_refresh):
-                snapshot = self._refresh(now)
+        if snapshot is not None and now < snapshot.expires_at:
+            pem = snapshot.certs.get(kid)
+            if pem is not None or now - self._last_attempt < MIN_REFRESH_INTERVAL:
+                return pem  # known, or unknown and refreshed recently: no lock
+        usable = snapshot is not None and now < snapshot.expires_at + STALE_GRACE
+        # With certificates to fall back on, never wait for another thread's fetch.
+        if not self._lock.acquire(blocking=not usable):
+            assert snapshot is not None  # noqa: S101 - usable implies a snapshot
             return snapshot.certs.get(kid)
+        try:
+            return self._get_locked(kid)
+        finally:
+            self._lock.release()
+
+    def _get_locked(self, kid: str) -> str | None:
+        snapshot = self._snapshot
+        now = self._clock()
+        since_attempt = now - self._last_attempt
+        if snapshot is not None and now < snapshot.expires_at:
+            if kid in snapshot.certs or since_attempt < MIN_REFRESH_INTERVAL:
+                return snapshot.certs.get(kid)
+        elif since_attempt < RETRY_INTERVAL:
+            # The last fetch failed moments ago (or another thread's just did).
+            if snapshot is not None and now < snapshot.expires_at + STALE_GRACE:
+                return snapshot.certs.get(kid)
+            raise CertsUnavailableError(
+                f"cannot fetch token certificates from {self.url}: {self._last_error}; "
+                f"retrying at most every {RETRY_INTERVAL:g} s"
+            )
+        return self._refresh(now).certs.get(kid)
 
     def _refresh(self, now: float) -> _Snapshot:
         self._last_attempt = now
@@ -142,18 +177,19 @@ class CachedCerts:
             ):
                 raise CertsUnavailableError("the response is not a {key id: PEM} JSON object")
         except Exception as exc:
+            self._last_error = str(exc) or type(exc).__name__
             stale = self._snapshot
             if stale is not None and now < stale.expires_at + STALE_GRACE:
                 _logger.warning(
                     "refreshing token certificates from %s failed (%s); still using the "
                     "ones fetched %.0f s ago",
                     self.url,
-                    exc,
+                    self._last_error,
                     now - stale.fetched_at,
                 )
                 return stale
             raise CertsUnavailableError(
-                f"cannot fetch token certificates from {self.url}: {exc}"
+                f"cannot fetch token certificates from {self.url}: {self._last_error}"
             ) from exc
         max_age = _max_age(headers)
         self._snapshot = _Snapshot(certs=certs, expires_at=now + max_age, fetched_at=now)
@@ -175,7 +211,7 @@ def _max_age(headers: Mapping[str, str]) -> float:
         age = float(lowered.get("age", "0"))
     except ValueError:
         age = 0.0
-    return max(float(match.group(1)) - age, MIN_REFRESH_INTERVAL)
+    return min(max(float(match.group(1)) - age, MIN_REFRESH_INTERVAL), MAX_CACHE_SECONDS)
 
 
 def _requests_fetch(url: str) -> tuple[int, Mapping[str, str], bytes]:

@@ -2,7 +2,9 @@
 
 A token is accepted only if, in this order:
 
-1. it is a well-formed JWT no longer than :data:`MAX_TOKEN_BYTES`;
+1. it is a compact JWT no longer than :data:`MAX_TOKEN_BYTES`, made only of base64url
+   characters and two dots (base64 decoders skip other characters, so two different
+   strings could otherwise carry one token);
 2. its header says ``alg: RS256`` (``none``, ``HS256`` and the rest are refused
    before any key is looked up) and names a key ID the certificate source knows;
 3. ``exp`` and ``iat`` are numbers, the token has not expired and was not issued
@@ -15,15 +17,33 @@ A token is accepted only if, in this order:
 
 Each refusal raises :class:`AuthenticationError` with a reason safe to return to
 the caller: it says which check failed and never echoes configuration.
+
+Audiences are compared as exact strings. The default audience is the origin of
+``CLOUDTASKS_DEFERRED_BASE_URL`` (``https://host[:port]``, no path, no query), which is
+also what Cloud Run accepts for the service and what ``defer`` requests for every
+task. A base URL with a query string is refused by the settings: task URLs are the
+base URL plus ``_url``, so the query would end up in the middle of every URL, and a
+token minted for a URL with a query (Cloud Tasks' default audience is the task's
+full URL) never equals the audience the handler and Cloud Run compare it with.
+Custom domains: list every audience a token may carry in
+``CLOUDTASKS_DEFERRED_AUDIENCE`` (the first is the one ``defer`` requests).
+
+A token that passed every check is remembered (by its exact string, until its
+``exp``, in a bounded :class:`~cloudtasks_deferred.auth.token_cache.VerifiedTokens`),
+because Cloud Tasks sends the same token with many tasks; each request still checks
+that the token has not expired and that its signing key is still published.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Final
 
 from .certs import CertSource
+from .token_cache import DEFAULT_MAX_ENTRIES, CachedToken, VerifiedTokens
 
 __all__ = [
     "CLOCK_SKEW_SECONDS",
@@ -39,6 +59,9 @@ GOOGLE_ISSUERS: Final = ("accounts.google.com", "https://accounts.google.com")
 CLOCK_SKEW_SECONDS: Final = 10
 #: Longer tokens are refused before parsing; Google ID tokens are about 1 KB.
 MAX_TOKEN_BYTES: Final = 16 * 1024
+# header.payload.signature, base64url without padding (the signature may be empty,
+# so that alg "none" is refused by name).
+_COMPACT_JWT: Final = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
 class AuthenticationError(Exception):
@@ -55,6 +78,9 @@ class OIDCVerifier:
         issuers: Accepted ``iss`` values.
         clock_skew: Seconds tolerated on ``exp`` and ``iat``.
         clock: Seconds since the epoch; injectable for tests.
+        cache_size: Most verified tokens remembered; 0 verifies every request in
+            full. The cache is private to this verifier: its audiences and invokers
+            are part of what a cached token passed.
     """
 
     def __init__(
@@ -66,15 +92,18 @@ class OIDCVerifier:
         issuers: Collection[str] = GOOGLE_ISSUERS,
         clock_skew: int = CLOCK_SKEW_SECONDS,
         clock: Callable[[], float] = time.time,
+        cache_size: int = DEFAULT_MAX_ENTRIES,
     ) -> None:
         if not audiences or not invokers:
             raise ValueError("an OIDC verifier needs at least one audience and one invoker")
         self.certs = certs
+        # Immutable: cached verdicts depend on them.
         self.audiences = tuple(audiences)
         self.invokers = frozenset(invokers)
         self.issuers = frozenset(issuers)
         self.clock_skew = clock_skew
         self._clock = clock
+        self.cache = VerifiedTokens(cache_size) if cache_size > 0 else None
 
     def verify(self, token: str) -> Mapping[str, Any]:
         """Checks ``token`` and returns its claims.
@@ -83,16 +112,41 @@ class OIDCVerifier:
             token: The compact JWT from ``Authorization: Bearer``.
 
         Returns:
-            The verified claims.
+            The verified claims (read-only).
 
         Raises:
             AuthenticationError: A check failed; the message names it.
             CertsUnavailableError: No certificates could be fetched (transient).
         """
-        from google.auth import exceptions, jwt
-
         if len(token) > MAX_TOKEN_BYTES:
             raise AuthenticationError("the bearer token is too long")
+        # A cached token passed every check below, the format included.
+        cached = self.cache.get(token, self._clock()) if self.cache is not None else None
+        # Per request even for a known token: its key must still be published, unchanged.
+        if cached is not None and self.certs.get(cached.kid) == cached.cert:
+            return cached.claims
+        if not _COMPACT_JWT.fullmatch(token):
+            raise AuthenticationError("the bearer token is not a valid JWT")
+        claims, kid, cert = self._verify_signature(token)
+        if claims.get("iss") not in self.issuers:
+            raise AuthenticationError("the token issuer is not Google")
+        if claims.get("aud") not in self.audiences:
+            raise AuthenticationError("the token audience is not this service")
+        email = claims.get("email")
+        if not isinstance(email, str) or email not in self.invokers:
+            raise AuthenticationError("the token email is not an allowed invoker")
+        if claims.get("email_verified") is not True:
+            raise AuthenticationError("the token email is not verified")
+        frozen = MappingProxyType(dict(claims))
+        exp = _number(claims, "exp")
+        if exp is not None and self.cache is not None:
+            self.cache.put(token, CachedToken(claims=frozen, kid=kid, cert=cert, expires_at=exp))
+        return frozen
+
+    def _verify_signature(self, token: str) -> tuple[Mapping[str, Any], str, str]:
+        """Checks the header, the times and the signature: steps 2-4 of the module docstring."""
+        from google.auth import exceptions, jwt
+
         try:
             header = jwt.decode_header(token)
             unverified = jwt.decode(token, verify=False)
@@ -113,16 +167,7 @@ class OIDCVerifier:
             )
         except (ValueError, TypeError, exceptions.GoogleAuthError) as exc:
             raise AuthenticationError("the token signature does not verify") from exc
-        if claims.get("iss") not in self.issuers:
-            raise AuthenticationError("the token issuer is not Google")
-        if claims.get("aud") not in self.audiences:
-            raise AuthenticationError("the token audience is not this service")
-        email = claims.get("email")
-        if not isinstance(email, str) or email not in self.invokers:
-            raise AuthenticationError("the token email is not an allowed invoker")
-        if claims.get("email_verified") is not True:
-            raise AuthenticationError("the token email is not verified")
-        return claims
+        return claims, kid, cert
 
     def _check_times(self, claims: Mapping[str, Any]) -> None:
         now = self._clock()

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from typing import Any
 
 import pytest
 
 from cloudtasks_deferred.auth.certs import StaticCerts
-from cloudtasks_deferred.auth.oidc import AuthenticationError, OIDCVerifier
+from cloudtasks_deferred.auth.oidc import CLOCK_SKEW_SECONDS, AuthenticationError, OIDCVerifier
 from tests.oidc import AUDIENCE, INVOKER, Issuer
+
+
+def reheader(issuer: Issuer, **changes: Any) -> str:
+    """A token signed by ``issuer`` whose header is then changed (so its signature breaks)."""
+    header_b64, payload_b64, signature = issuer.token().split(".")
+    header = json.loads(base64.urlsafe_b64decode(header_b64 + "=" * (-len(header_b64) % 4)))
+    header.update(changes)
+    header = {k: v for k, v in header.items() if v is not None}
+    encoded = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
+    return f"{encoded}.{payload_b64}.{signature}"
 
 
 @pytest.fixture
@@ -66,6 +78,18 @@ def test_small_clock_skew_is_tolerated(verifier: OIDCVerifier, issuer: Issuer) -
         (lambda i: i.token(email_verified="true"), "not verified"),
         (lambda i: i.token(email_verified=None), "not verified"),
         (lambda i: "x" * 20000, "too long"),
+        (lambda i: reheader(i, alg="RS512"), "not signed with RS256"),
+        (lambda i: reheader(i, alg="ES256"), "not signed with RS256"),
+        (lambda i: reheader(i, alg="rs256"), "not signed with RS256"),
+        (lambda i: reheader(i, kid=None), "names no signing key"),
+        (lambda i: reheader(i, kid=""), "names no signing key"),
+        (lambda i: i.token(iss="accounts.google.com.evil.example"), "issuer is not Google"),
+        (lambda i: i.token(email=INVOKER.upper()), "not an allowed invoker"),
+        (lambda i: i.token(aud=AUDIENCE + "/_ah/queue/deferred"), "audience is not this"),
+        (lambda i: i.token(aud=AUDIENCE + "/?q=1"), "audience is not this"),
+        (lambda i: i.token().replace(".", ". ", 2), "not a valid JWT"),
+        (lambda i: i.token() + "==", "not a valid JWT"),
+        (lambda i: i.token() + ".x", "not a valid JWT"),
     ],
     ids=[
         "garbage",
@@ -90,6 +114,18 @@ def test_small_clock_skew_is_tolerated(verifier: OIDCVerifier, issuer: Issuer) -
         "email_verified string",
         "no email_verified",
         "oversized",
+        "rs512 header",
+        "es256 header",
+        "lowercase alg",
+        "no kid",
+        "empty kid",
+        "issuer lookalike",
+        "email case",
+        "audience with path",
+        "audience with query",
+        "space inside (decoders skip it)",
+        "padding",
+        "four segments",
     ],
 )
 def test_bad_tokens_are_refused_with_the_failed_check(
@@ -104,3 +140,42 @@ def test_a_verifier_needs_an_audience_and_an_invoker(issuer: Issuer) -> None:
         OIDCVerifier(certs=StaticCerts(issuer.certs), audiences=[], invokers=[INVOKER])
     with pytest.raises(ValueError, match="at least one audience"):
         OIDCVerifier(certs=StaticCerts(issuer.certs), audiences=[AUDIENCE], invokers=[])
+
+
+def test_every_configured_audience_is_accepted_for_custom_domains(issuer: Issuer) -> None:
+    domains = ["https://tasks.example.com", "https://svc-abc-uc.a.run.app"]
+    verifier = OIDCVerifier(certs=StaticCerts(issuer.certs), audiences=domains, invokers=[INVOKER])
+    for audience in domains:
+        assert verifier.verify(issuer.token(aud=audience))["aud"] == audience
+    with pytest.raises(AuthenticationError, match="audience"):
+        verifier.verify(issuer.token())
+
+
+def test_several_invokers(issuer: Issuer) -> None:
+    other = "other@test-project.iam.gserviceaccount.com"
+    verifier = OIDCVerifier(
+        certs=StaticCerts(issuer.certs), audiences=[AUDIENCE], invokers=[INVOKER, other]
+    )
+    assert verifier.verify(issuer.token(email=other))["email"] == other
+
+
+def test_clock_skew_is_the_documented_ten_seconds(issuer: Issuer) -> None:
+    assert CLOCK_SKEW_SECONDS == 10
+    exp = int(time.time()) + 3600
+
+    def at(now: float) -> OIDCVerifier:
+        return OIDCVerifier(
+            certs=StaticCerts(issuer.certs),
+            audiences=[AUDIENCE],
+            invokers=[INVOKER],
+            clock=lambda: now,
+            cache_size=0,
+        )
+
+    at(exp + CLOCK_SKEW_SECONDS - 1).verify(issuer.token(exp=exp))
+    with pytest.raises(AuthenticationError, match="expired"):
+        at(exp + CLOCK_SKEW_SECONDS + 1).verify(issuer.token(exp=exp))
+    iat = int(time.time())
+    at(iat - CLOCK_SKEW_SECONDS + 1).verify(issuer.token(iat=iat))
+    with pytest.raises(AuthenticationError, match="not valid yet"):
+        at(iat - CLOCK_SKEW_SECONDS - 1).verify(issuer.token(iat=iat))

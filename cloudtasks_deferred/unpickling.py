@@ -1,0 +1,352 @@
+"""The optional unpickling allowlist: a payload may only name code you listed.
+
+A pickle names every class and function it needs as ``module`` + ``name`` and the
+unpickler imports them. With ``CLOUDTASKS_DEFERRED_ALLOWED_MODULES`` set (comma-
+separated entries), :class:`Allowlist` unpickles through a restricted
+:meth:`pickle.Unpickler.find_class` that refuses any other reference **before
+importing its module**, raising :class:`DisallowedReferenceError` (the handler
+answers 403, retried: an incomplete allowlist is a configuration error, and fixing
+it drains the queue).
+
+An entry is a module prefix or an exact global:
+
+* ``myapp.tasks`` allows everything defined in ``myapp.tasks`` and its submodules
+  (``myapp.tasks.mail``), not ``myapp.tasks_old``;
+* ``uuid.UUID`` allows exactly that name (prefer exact names for library modules:
+  ``uuid`` as a prefix would allow its helpers that run commands).
+
+Names reached through a prefix are resolved step by step: no name part may start
+with ``__`` (``__globals__``, ``__builtins__``, ``__getattribute__``), only classes
+are looked into (``Counter.double``, ``Outer.Inner``), no module object is returned,
+and every object met must be *defined* in an allowed module (its ``__module__``), so
+``myapp.tasks.os.system`` or a function ``myapp.tasks`` imported from elsewhere is
+refused.
+
+Always allowed, without listing:
+
+* the library's own task callables, :data:`LIBRARY_CALLABLES` —
+  ``cloudtasks_deferred.payload.invoke_member`` (how bound and built-in methods
+  travel) and ``cloudtasks_deferred.deferred.run_from_datastore`` (how payloads
+  stored in Datastore travel; the stored payload is checked by the same rules) —
+  but only as the task's callable: anywhere else in the pickle each is an inert
+  marker that refuses to be called, since ``invoke_member``
+  (``getattr(obj, name)(...)``) called *while unpickling* would chain attribute
+  lookups to ``eval``;
+* ``copyreg._reconstructor``, ``copyreg.__newobj__``, ``copyreg.__newobj_ex__``: the
+  standard reconstructors, which only call classes that are themselves checked;
+* :data:`SAFE_GLOBALS`: data types that arguments commonly hold (``datetime``,
+  ``Decimal``, ``UUID``, ``OrderedDict``... and the built-in constructors ``set``,
+  ``complex``, ``range``...).
+
+Never allowed: entries naming :data:`REFUSED_MODULES` (``builtins`` as a whole,
+``os``, ``subprocess``, ``pickle``, ``operator``, ``cloudtasks_deferred`` itself...)
+or :data:`DANGEROUS_BUILTINS` (``builtins.eval``, ``exec``, ``getattr``,
+``__import__``...) make the settings invalid. Built-in functions you defer
+(``len``) must be listed by exact name (``builtins.len``).
+
+Before unpickling, the pickle's opcodes are scanned (``pickletools.genops``, about a
+quarter of a microsecond per byte): a memo index beyond the pickle's own length is
+refused as an invalid payload, because the C unpickler sizes its memo by the largest
+index and a dozen forged bytes would otherwise make it allocate and clear tens of
+gigabytes.
+
+The allowlist limits which code a forged or replayed payload can reach; it is not a
+sandbox: the listed code runs with arguments of the payload's choosing, and resource
+exhaustion (``range(10**12)`` turned into a list by your code) is not prevented.
+Python 2 names, which protocols 0-2 write (``__builtin__``, ``copy_reg``), are
+translated to their Python 3 names as the standard unpickler does, then checked.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import importlib
+import pickle
+import re
+import types
+from collections.abc import Iterable
+from typing import IO, Any, Final
+
+from .errors import PayloadRefusedError
+from .frame import InvalidPayloadError
+from .payload import invoke_member
+
+__all__ = [
+    "DANGEROUS_BUILTINS",
+    "ENV_VARIABLE",
+    "INVOKE_MEMBER",
+    "LIBRARY_CALLABLES",
+    "REFUSED_MODULES",
+    "SAFE_GLOBALS",
+    "Allowlist",
+    "DisallowedReferenceError",
+    "check_entries",
+]
+
+#: The variable :meth:`Settings.from_env <cloudtasks_deferred.Settings.from_env>` reads.
+ENV_VARIABLE: Final = "CLOUDTASKS_DEFERRED_ALLOWED_MODULES"
+#: The library's member-call wrapper (legacy rules 4 and 7), allowed as the task's callable.
+INVOKE_MEMBER: Final = f"{invoke_member.__module__}.{invoke_member.__qualname__}"
+#: The library functions a payload may name, each only as the task's callable.
+LIBRARY_CALLABLES: Final = frozenset(
+    {INVOKE_MEMBER, "cloudtasks_deferred.deferred.run_from_datastore"}
+)
+_RECONSTRUCTORS: Final = frozenset(
+    {"copyreg._reconstructor", "copyreg.__newobj__", "copyreg.__newobj_ex__"}
+)
+#: Data types allowed without listing: constructing them runs no code of the payload's.
+SAFE_GLOBALS: Final = frozenset(
+    {
+        *(
+            f"builtins.{name}"
+            for name in [
+                "bool",
+                "bytearray",
+                "bytes",
+                "complex",
+                "dict",
+                "float",
+                "frozenset",
+                "int",
+                "list",
+                "object",
+                "range",
+                "set",
+                "slice",
+                "str",
+                "tuple",
+            ]
+        ),
+        "datetime.date",
+        "datetime.datetime",
+        "datetime.time",
+        "datetime.timedelta",
+        "datetime.timezone",
+        "decimal.Decimal",
+        "uuid.UUID",
+        "collections.OrderedDict",
+        "collections.Counter",
+        "collections.defaultdict",
+        "collections.deque",
+    }
+)
+#: Modules an entry may not name, wholly or in part: each reaches arbitrary code.
+REFUSED_MODULES: Final = frozenset(
+    {
+        "builtins",
+        "cloudtasks_deferred",
+        "code",
+        "codeop",
+        "ctypes",
+        "importlib",
+        "io",
+        "marshal",
+        "multiprocessing",
+        "nt",
+        "operator",
+        "_operator",
+        "os",
+        "pickle",
+        "_pickle",
+        "posix",
+        "pty",
+        "runpy",
+        "shutil",
+        "socket",
+        "subprocess",
+        "sys",
+        "types",
+    }
+)
+#: Built-ins that may never be listed: they evaluate code or reach any attribute.
+DANGEROUS_BUILTINS: Final = frozenset(
+    f"builtins.{name}"
+    for name in [
+        "__import__",
+        "breakpoint",
+        "compile",
+        "delattr",
+        "eval",
+        "exec",
+        "getattr",
+        "globals",
+        "input",
+        "locals",
+        "open",
+        "setattr",
+        "type",
+        "vars",
+    ]
+)
+_MEMO_STORES: Final = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+_ENTRY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+class DisallowedReferenceError(PayloadRefusedError):
+    """The pickle names code outside the allowlist; its module was not imported."""
+
+
+def check_entries(entries: Iterable[str]) -> None:
+    """Validates allowlist entries.
+
+    Args:
+        entries: Module prefixes or exact globals (module docstring).
+
+    Raises:
+        ValueError: An entry is not a dotted name, or names something never allowed
+            (:data:`REFUSED_MODULES`, :data:`DANGEROUS_BUILTINS`); the message quotes it.
+    """
+    for entry in entries:
+        if entry == INVOKE_MEMBER:  # always allowed; listing it changes nothing
+            continue
+        if not _ENTRY.fullmatch(entry):
+            raise ValueError(f"{entry!r} is not a dotted module or global name")
+        root = entry.split(".", 1)[0]
+        builtin_name = root == "builtins" and entry != "builtins"
+        if entry in DANGEROUS_BUILTINS or (root in REFUSED_MODULES and not builtin_name):
+            raise ValueError(
+                f"{entry!r} would let a payload reach arbitrary code; list your task "
+                "modules and exact data types (e.g. builtins.len, uuid.UUID) instead"
+            )
+        if builtin_name and entry.count(".") != 1:
+            raise ValueError(f"{entry!r}: list built-ins by exact name, e.g. builtins.len")
+
+
+class Allowlist:
+    """Unpickles task payloads, refusing references outside the allowed entries.
+
+    Args:
+        entries: Module prefixes or exact globals, validated with :func:`check_entries`.
+
+    Raises:
+        ValueError: An entry is invalid.
+    """
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self.entries = tuple(entries)
+        check_entries(self.entries)
+        self._exact = SAFE_GLOBALS | _RECONSTRUCTORS | frozenset(self.entries)
+        self._prefixes = tuple(entry + "." for entry in self.entries)
+        self._modules = frozenset(self.entries)
+
+    def allows_module(self, module: str) -> bool:
+        """Whether everything defined in ``module`` may be referenced."""
+        return module in self._modules or module.startswith(self._prefixes)
+
+    def loads(self, pickled: bytes) -> Any:
+        """Unpickles ``pickled`` under the allowlist.
+
+        Args:
+            pickled: The payload's pickle.
+
+        Returns:
+            The unpickled object; a ``(callable, args, kwargs)`` tuple whose callable
+            is one of :data:`LIBRARY_CALLABLES` gets the real function back.
+
+        Raises:
+            DisallowedReferenceError: The pickle names something not allowed.
+            ImportError, AttributeError: An allowed name does not exist here.
+            InvalidPayloadError: The pickle's memo indices exceed its length.
+            pickle.UnpicklingError, ValueError, EOFError, ...: The bytes are not a
+                valid pickle.
+        """
+        import io
+
+        _check_memo_indices(pickled)
+        loaded = _Unpickler(io.BytesIO(pickled), self).load()
+        if isinstance(loaded, tuple) and len(loaded) == 3:
+            marker = loaded[0]
+            if isinstance(marker, _LibraryCallable):
+                return (marker.function(), loaded[1], loaded[2])
+        return loaded
+
+    def resolve(self, unpickler: pickle.Unpickler, module: str, name: str) -> Any:
+        """The checks behind ``find_class`` (module docstring); imports only when allowed."""
+        full = f"{module}.{name}"
+        if full in _MARKERS:
+            return _MARKERS[full]
+        if full in self._exact:
+            found = pickle.Unpickler.find_class(unpickler, module, name)
+            if isinstance(found, types.ModuleType):
+                raise _refused(full)
+            return found
+        parts = name.split(".")
+        if not self.allows_module(module) or any(
+            not part or part.startswith("__") for part in parts
+        ):
+            raise _refused(full)
+        found = pickle.Unpickler.find_class(unpickler, module, parts[0])
+        self._check_defined_here(found, full)
+        for part in parts[1:]:
+            if not isinstance(found, type):
+                raise _refused(full)
+            found = getattr(found, part)
+            self._check_defined_here(found, full)
+        return found
+
+    def _check_defined_here(self, found: Any, full: str) -> None:
+        if isinstance(found, types.ModuleType):
+            raise _refused(full)
+        defined_in = getattr(found, "__module__", None)
+        if isinstance(defined_in, str) and not self.allows_module(defined_in):
+            qualified = f"{defined_in}.{getattr(found, '__qualname__', '')}"
+            if qualified not in self._exact:
+                raise _refused(full)
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file: IO[bytes], allowlist: Allowlist) -> None:
+        # find_class translates Python 2 names itself, before checking them.
+        super().__init__(file, fix_imports=False)
+        self._allowlist = allowlist
+
+    def find_class(self, module: str, name: str) -> Any:
+        # As the standard unpickler's fix_imports does, but before the check.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
+        return self._allowlist.resolve(self, module, name)
+
+
+class _LibraryCallable:
+    """Stands for a library callable while unpickling; refuses to be called."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise DisallowedReferenceError(
+            f"the payload calls {self.name} while unpickling; it is allowed only as "
+            "the task's callable"
+        )
+
+    def function(self) -> Any:
+        """The real callable, for the task itself."""
+        module, _, attribute = self.name.rpartition(".")
+        return getattr(importlib.import_module(module), attribute)
+
+    def __repr__(self) -> str:
+        return f"<{self.name} marker>"
+
+
+_MARKERS: Final = {name: _LibraryCallable(name) for name in LIBRARY_CALLABLES}
+
+
+def _check_memo_indices(pickled: bytes) -> None:
+    import pickletools
+
+    limit = len(pickled)
+    for opcode, argument, _ in pickletools.genops(pickled):
+        if opcode.name in _MEMO_STORES and isinstance(argument, int) and argument >= limit:
+            raise InvalidPayloadError(
+                f"the pickle stores memo index {argument}, beyond its {limit} bytes"
+            )
+
+
+def _refused(full: str) -> DisallowedReferenceError:
+    return DisallowedReferenceError(
+        f"the payload references {full!r}, which {ENV_VARIABLE} does not allow"
+    )

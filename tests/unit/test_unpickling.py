@@ -1,0 +1,335 @@
+"""The unpickling allowlist: what a payload may reference, refused before any import."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import decimal
+import pickle
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from cloudtasks_deferred import Client, ConfigurationError, Handler, Settings
+from cloudtasks_deferred.frame import InvalidPayloadError, encode
+from cloudtasks_deferred.payload import invoke_member, load_call, serialize
+from cloudtasks_deferred.transports.memory import InMemoryTransport
+from cloudtasks_deferred.unpickling import (
+    DANGEROUS_BUILTINS,
+    Allowlist,
+    DisallowedReferenceError,
+    check_entries,
+)
+from tests import tasks
+from tests.conftest import SIGNED_SETTINGS
+from tests.oidc import Issuer
+from tests.security import allowed_tasks
+from tests.tasks import RECORDER
+from tests.wsgi import call, environ
+
+ALLOWED = Allowlist(["tests.security.allowed_tasks"])
+CANARY_MODULE = "tests.security.import_canary"
+
+
+class Reduce:
+    """Pickles as ``func(*args)``: a hand-made REDUCE, as a forged payload would hold."""
+
+    def __init__(self, func: Any, *args: Any) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return self.func, self.args
+
+
+def global_ref(module: str, name: str) -> bytes:
+    """A protocol-4 pickle of the bare global ``module.name`` (STACK_GLOBAL)."""
+    return (
+        b"\x80\x04"
+        + pickle.dumps(module, protocol=4)[2:-1]
+        + pickle.dumps(name, protocol=4)[2:-1]
+        + b"\x93."
+    )
+
+
+@pytest.fixture
+def forget_canary_module() -> Iterator[None]:
+    sys.modules.pop(CANARY_MODULE, None)
+    yield
+    sys.modules.pop(CANARY_MODULE, None)
+
+
+def loads(data: bytes, allowlist: Allowlist = ALLOWED) -> Any:
+    return load_call(data, loads=allowlist.loads)
+
+
+# --- what is allowed --------------------------------------------------------------------
+
+
+def test_allowed_module_functions_classes_and_methods() -> None:
+    job = allowed_tasks.Job("j")
+    assert loads(serialize(allowed_tasks.record, 1))[0] is allowed_tasks.record
+    assert loads(serialize(allowed_tasks.Job, "x"))[0] is allowed_tasks.Job
+    assert loads(serialize(allowed_tasks.Job.static_record, 2))[0] is (
+        allowed_tasks.Job.static_record
+    )
+    func, args, _ = loads(serialize(job.run))
+    assert func is invoke_member  # the real one, not the marker
+    assert args[1] == "run"
+
+
+def test_data_types_in_arguments_need_no_listing() -> None:
+    values = [
+        datetime.datetime.now(datetime.UTC),
+        datetime.date(2026, 1, 1),
+        datetime.time(1, 2),
+        datetime.timedelta(seconds=5),
+        decimal.Decimal("1.25"),
+        uuid.uuid4(),
+        collections.OrderedDict(a=1),
+        collections.Counter("aab"),
+        collections.defaultdict(list, a=[1]),
+        collections.deque([1, 2]),
+        {1, 2},
+        frozenset({3}),
+        bytearray(b"x"),
+        complex(1, 2),
+        range(3),
+        slice(1, 2),
+        b"bytes",
+        object,
+    ]
+    _, args, _ = loads(serialize(allowed_tasks.record, values[:-1]))
+    assert args[0] == values[:-1]
+
+
+def test_protocol_0_and_2_pickles_use_copyreg_reconstructors() -> None:
+    job = allowed_tasks.Job("old")
+    for protocol in (0, 2):
+        data = pickle.dumps((allowed_tasks.noop, (job,), {}), protocol=protocol)
+        assert b"copy_reg" in data or protocol == 2  # Python 2 names, translated
+        assert loads(data)[1][0].name == "old"
+
+
+def test_exact_entries_allow_one_name() -> None:
+    allowlist = Allowlist(["tests.tasks.record", "builtins.len"])
+    assert loads(serialize(tasks.record), allowlist)[0] is tasks.record
+    assert loads(serialize(len, "abc"), allowlist)[0] is len
+    with pytest.raises(DisallowedReferenceError, match=r"'tests\.tasks\.crash'"):
+        loads(serialize(tasks.crash), allowlist)
+    with pytest.raises(DisallowedReferenceError, match=r"'builtins\.print'"):
+        loads(serialize(print), allowlist)
+
+
+def test_a_prefix_covers_submodules_but_not_lookalikes() -> None:
+    allowlist = Allowlist(["tests.security"])
+    assert allowlist.allows_module("tests.security")
+    assert allowlist.allows_module("tests.security.allowed_tasks")
+    assert not allowlist.allows_module("tests.securityx")
+    assert not allowlist.allows_module("tests")
+
+
+# --- what is refused --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "reference"),
+    [
+        (lambda: serialize(tasks.record), "tests.tasks.record"),
+        (lambda: pickle.dumps(tasks.Canary()), "tests.tasks.canary"),
+        (lambda: serialize(allowed_tasks.record, tasks.Canary()), "tests.tasks.canary"),
+        (lambda: global_ref("os", "system"), "os.system"),
+        (lambda: global_ref("builtins", "eval"), "builtins.eval"),
+        (lambda: global_ref("builtins", "getattr"), "builtins.getattr"),
+        (lambda: global_ref("builtins", "__import__"), "builtins.__import__"),
+        (lambda: global_ref("subprocess", "run"), "subprocess.run"),
+        (lambda: global_ref("cloudtasks_deferred.payload", "run"), "payload.run"),
+        (lambda: global_ref("__builtin__", "eval"), "'builtins.eval'"),
+    ],
+    ids=[
+        "other module",
+        "canary",
+        "canary in arguments",
+        "os.system",
+        "eval",
+        "getattr",
+        "__import__",
+        "subprocess",
+        "the library's own run",
+        "python 2 names",
+    ],
+)
+def test_references_outside_the_allowlist_are_refused(payload: Any, reference: str) -> None:
+    with pytest.raises(DisallowedReferenceError, match=reference):
+        loads(payload())
+    assert RECORDER.calls == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "os.system",  # allowed_tasks imports os
+        "tasks.canary",  # a module attribute of an allowed module
+        "canary",  # imported into the allowed module, defined elsewhere
+        "RECORDER.add",  # an instance of a class defined elsewhere
+        "__builtins__.get",  # dunder: the way to eval
+        "record.__globals__",
+        "Job.__init__.__globals__",
+        "Job.fire.__call__",
+        "CONFIG.get",  # only classes are looked into
+        "Job.run.__qualname__",
+        "Job..run",
+        "",
+    ],
+)
+def test_names_inside_an_allowed_module_cannot_reach_elsewhere(name: str) -> None:
+    with pytest.raises(DisallowedReferenceError, match="does not allow"):
+        ALLOWED.loads(global_ref("tests.security.allowed_tasks", name))
+
+
+def test_module_objects_are_refused() -> None:
+    with pytest.raises(DisallowedReferenceError):
+        Allowlist(["tests.security"]).loads(global_ref("tests", "security"))
+    with pytest.raises(DisallowedReferenceError):
+        Allowlist(["tests.security.allowed_tasks"]).loads(
+            global_ref("tests.security", "allowed_tasks")
+        )
+
+
+def test_a_refused_reference_never_imports_its_module(forget_canary_module: None) -> None:
+    with pytest.raises(DisallowedReferenceError, match="import_canary"):
+        loads(global_ref(CANARY_MODULE, "harmless"))
+    assert CANARY_MODULE not in sys.modules
+    assert RECORDER.calls == []
+    # The same reference, allowed, does import it: the test above could fail.
+    Allowlist([CANARY_MODULE]).loads(global_ref(CANARY_MODULE, "harmless"))
+    assert RECORDER.named("canary") == [("imported tests.security.import_canary",)]
+
+
+def test_invoke_member_cannot_be_called_while_unpickling() -> None:
+    # invoke_member(job, "fire") during unpickling would call the canary; a chain of
+    # such calls reaches eval through __globals__.
+    forged = pickle.dumps(
+        (allowed_tasks.noop, (Reduce(invoke_member, allowed_tasks.Job(), "fire"),), {})
+    )
+    with pytest.raises(DisallowedReferenceError, match="only as the task's callable"):
+        loads(forged)
+    assert RECORDER.calls == []
+
+
+def test_invoke_member_elsewhere_stays_an_inert_marker() -> None:
+    _, args, _ = loads(serialize(allowed_tasks.noop, invoke_member))
+    assert args[0] is not invoke_member
+    with pytest.raises(DisallowedReferenceError):
+        args[0](allowed_tasks.Job(), "fire")
+    assert RECORDER.calls == []
+
+
+def test_run_from_datastore_is_allowed_as_the_tasks_callable_only() -> None:
+    from cloudtasks_deferred import deferred
+
+    func, args, _ = loads(serialize(deferred.run_from_datastore, "stored-key"))
+    assert func is deferred.run_from_datastore
+    assert args == ("stored-key",)
+    forged = pickle.dumps(
+        (allowed_tasks.noop, (Reduce(deferred.run_from_datastore, "stored-key"),), {})
+    )
+    with pytest.raises(DisallowedReferenceError, match="only as the task's callable"):
+        loads(forged)
+
+
+def test_missing_allowed_code_is_an_import_or_attribute_error() -> None:
+    with pytest.raises(AttributeError):
+        loads(global_ref("tests.security.allowed_tasks", "gone"))
+    with pytest.raises(ImportError):
+        Allowlist(["tests.nothing"]).loads(global_ref("tests.nothing.here", "f"))
+
+
+# --- configuration ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "builtins",
+        *sorted(DANGEROUS_BUILTINS),
+        "builtins.str.join",
+        "os",
+        "os.path",
+        "subprocess",
+        "sys",
+        "pickle",
+        "operator",
+        "types",
+        "importlib.import_module",
+        "cloudtasks_deferred",
+        "cloudtasks_deferred.deferred",
+        "my app",
+        "app.",
+        "1app",
+        "",
+    ],
+)
+def test_entries_that_reach_arbitrary_code_are_refused(entry: str) -> None:
+    with pytest.raises(ValueError, match=r"arbitrary code|not a dotted|exact name"):
+        check_entries([entry])
+
+
+def test_safe_entries_are_accepted() -> None:
+    check_entries(["myapp", "myapp.tasks", "builtins.len", "uuid.UUID", "functools.partial"])
+    check_entries(["cloudtasks_deferred.payload.invoke_member"])  # implicit anyway
+
+
+def test_settings_read_the_allowlist_and_name_the_variable() -> None:
+    settings = Settings.from_env({"CLOUDTASKS_DEFERRED_ALLOWED_MODULES": "myapp, builtins.len"})
+    assert settings.allowed_modules == ("myapp", "builtins.len")
+    with pytest.raises(ConfigurationError, match=r"CLOUDTASKS_DEFERRED_ALLOWED_MODULES.*eval"):
+        Settings.from_env({"CLOUDTASKS_DEFERRED_ALLOWED_MODULES": "myapp,builtins.eval"})
+
+
+# --- through the handler --------------------------------------------------------------------
+
+
+def test_the_handler_answers_403_naming_the_reference(
+    signed_client: Client, issuer: Issuer, forget_canary_module: None
+) -> None:
+    settings = dataclasses.replace(
+        SIGNED_SETTINGS, allowed_modules=("tests.security.allowed_tasks",)
+    )
+    client = Client(
+        settings, transport=InMemoryTransport(), authenticator=signed_client.authenticator
+    )
+    handler = Handler(client=client)
+    auth = {"Authorization": f"Bearer {issuer.token()}"}
+
+    ok = call(handler, environ(encode(serialize(allowed_tasks.record, 7)), headers=auth))
+    assert ok.code == 200
+    assert RECORDER.named("allowed_record") == [7]
+
+    refused = call(handler, environ(encode(serialize(tasks.canary)), headers=auth))
+    assert refused.code == 403
+    assert refused.body == (
+        b"Forbidden: the payload references 'tests.tasks.canary', which "
+        b"CLOUDTASKS_DEFERRED_ALLOWED_MODULES does not allow"
+    )
+    body = encode(global_ref(CANARY_MODULE, "harmless"))
+    assert call(handler, environ(body, headers=auth)).code == 403
+    assert CANARY_MODULE not in sys.modules
+    assert RECORDER.named("canary") == []
+
+
+@pytest.mark.parametrize(
+    "pickled",
+    [
+        b"\x80\x05M\xa0\x8dr\x92\x82\xbfF\x1c\x1a",  # LONG_BINPUT 3.2e9, found by the fuzz
+        b"\x80\x02K\x01p99999999999\n.",  # PUT with a text index
+    ],
+    ids=["long_binput", "put"],
+)
+def test_memo_indices_beyond_the_pickle_are_refused_before_unpickling(pickled: bytes) -> None:
+    # The C unpickler would size (and clear) its memo by the index: gigabytes.
+    with pytest.raises(InvalidPayloadError, match="memo index"):
+        ALLOWED.loads(pickled)
