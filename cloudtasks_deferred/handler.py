@@ -51,8 +51,18 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .client import Client
+    from .payload import OpenedPayload
 
-__all__ = ["HEADER_LOG_LEVEL", "Handler", "Outcome", "Response", "outcome_of", "response_for"]
+__all__ = [
+    "HEADER_LOG_LEVEL",
+    "Attempt",
+    "Handler",
+    "Outcome",
+    "Response",
+    "authenticate",
+    "outcome_of",
+    "response_for",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -158,8 +168,11 @@ class HeaderLogLevel:
 HEADER_LOG_LEVEL: Final = HeaderLogLevel()
 
 
-@dataclasses.dataclass
-class _Attempt:
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """What became of one request: its outcome, a detail safe to show the caller, and
+    what the task raised (re-raised by :meth:`Handler.run_from_request`)."""
+
     outcome: Outcome
     detail: str = ""
     error: Exception | None = None
@@ -249,22 +262,12 @@ class Handler:
             raise attempt.error
         return response_for(attempt.outcome, attempt.detail)
 
-    def _attempt(self, environ: Mapping[str, Any]) -> _Attempt:
-        try:
-            client = self._client or _current_client()
-            client.authenticator.authenticate(environ)
-        except AuthenticationError as exc:
-            _logger.warning("refused a task request: %s", exc)
-            return _Attempt(Outcome.UNAUTHENTICATED, str(exc))
-        except CertsUnavailableError as exc:
-            _logger.error("cannot verify task requests: %s", exc)
-            return _Attempt(Outcome.AUTH_UNAVAILABLE, "token verification is unavailable")
-        except Exception:
-            _logger.exception("the task handler is misconfigured")
-            return _Attempt(Outcome.ERROR, "the task handler is misconfigured")
-
+    def _attempt(self, environ: Mapping[str, Any]) -> Attempt:
+        client = authenticate(self._client, environ, what="task")
+        if isinstance(client, Attempt):
+            return client
         body_or_refusal = self._read_body(environ)
-        if isinstance(body_or_refusal, _Attempt):
+        if isinstance(body_or_refusal, Attempt):
             return body_or_refusal
         body = body_or_refusal
         task = TaskInfo.from_environ(environ)
@@ -272,15 +275,15 @@ class Handler:
         _logger.log(level, "%s", TaskInfo.headers_for_log(environ))
         return self._run(client, task, body)
 
-    def _read_body(self, environ: Mapping[str, Any]) -> bytes | _Attempt:
+    def _read_body(self, environ: Mapping[str, Any]) -> bytes | Attempt:
         raw_length = environ.get("CONTENT_LENGTH") or ""
         stream = environ.get("wsgi.input")
         if raw_length:
             if not raw_length.isdigit():
-                return _Attempt(Outcome.BAD_REQUEST, "invalid Content-Length")
+                return Attempt(Outcome.BAD_REQUEST, "invalid Content-Length")
             length = int(raw_length)
             if length > self._max_body_bytes:
-                return _Attempt(
+                return Attempt(
                     Outcome.TOO_LARGE, f"a task body is at most {self._max_body_bytes} bytes"
                 )
         elif environ.get("wsgi.input_terminated"):
@@ -289,67 +292,107 @@ class Handler:
             length = 0
         body = stream.read(length) if stream is not None and length else b""
         if len(body) > self._max_body_bytes:
-            return _Attempt(
+            return Attempt(
                 Outcome.TOO_LARGE, f"a task body is at most {self._max_body_bytes} bytes"
             )
         if raw_length and len(body) < length:
-            return _Attempt(Outcome.BAD_REQUEST, "the body is shorter than its Content-Length")
+            return Attempt(Outcome.BAD_REQUEST, "the body is shorter than its Content-Length")
         return bytes(body)
 
-    def _run(self, client: Client, task: TaskInfo, body: bytes) -> _Attempt:
+    def _run(self, client: Client, task: TaskInfo, body: bytes) -> Attempt:
         started = time.monotonic()
-        name: str | None = None
-        metadata: dict[str, Any] = {}
+        payload: OpenedPayload | None = None
         error: Exception | None = None
         try:
             with client.bind(), running(task), client.ndb_context():
                 payload = client.open_payload(body)
-                metadata, name = payload.metadata, payload.callable_name
                 payload.call()
         except Exception as exc:
             error = exc
-        outcome = outcome_of(error)
-        elapsed_ms = (time.monotonic() - started) * 1000
-        where = f"task {task.task_name} (queue {task.queue_name}, retry {task.retry_count})"
-        what = name or "an undecodable payload"
+        elapsed = time.monotonic() - started
+        return _conclude(client, task, body, payload=payload, error=error, elapsed=elapsed)
 
-        if outcome is Outcome.UNAUTHENTICATED:
-            _logger.warning("%s: refused the payload: %s", where, error)
-            return _Attempt(outcome, detail=str(error))
-        if outcome in (Outcome.SINGULAR_FAILURE, Outcome.ERROR):
-            reason = give_up_reason(
-                metadata.get("retry") or {},
-                retry_count=task.retry_count,
-                age_seconds=_age(metadata, task),
-            )
-            if reason is not None:
-                _logger.error(
-                    "%s: %s failed and will not be retried: %s", where, what, reason, exc_info=error
-                )
-                client.dead_letters.record(
-                    DeadLetter.for_payload(
-                        reason=reason, task=task, callable_name=name, payload=body
-                    )
-                )
-                return _Attempt(Outcome.RETRIES_EXHAUSTED, error=error)
 
-        if outcome is Outcome.SUCCESS:
-            _logger.info("%s: ran %s in %.0f ms", where, what, elapsed_ms)
-        elif outcome is Outcome.PERMANENT_FAILURE:
-            _logger.exception("%s: permanent failure running %s", where, what, exc_info=error)
-            client.dead_letters.record(
-                DeadLetter.for_payload(
-                    reason=f"{type(error).__name__}: {error}",
-                    task=task,
-                    callable_name=name,
-                    payload=body,
-                )
-            )
-        elif outcome is Outcome.SINGULAR_FAILURE:
-            _logger.debug("%s: %s raised SingularTaskFailure; retry forced", where, what)
-        else:
-            _logger.error("%s: %s failed; Cloud Tasks will retry it", where, what, exc_info=error)
-        return _Attempt(outcome, error=error)
+def authenticate(
+    client: Client | None, environ: Mapping[str, Any], *, what: str
+) -> Client | Attempt:
+    """Authenticates a request from its headers alone, before anything reads its body.
+
+    Args:
+        client: The client whose rules apply; the current client when ``None``.
+        environ: The request's WSGI environ.
+        what: What the request asks for (``"task"``, ``"sweep"``), for the logs.
+
+    Returns:
+        The client, or the refusal (403, 503, or 500 when the configuration is broken),
+        already logged.
+    """
+    try:
+        resolved = client or _current_client()
+        resolved.authenticator.authenticate(environ)
+    except AuthenticationError as exc:
+        _logger.warning("refused a %s request: %s", what, exc)
+        return Attempt(Outcome.UNAUTHENTICATED, str(exc))
+    except CertsUnavailableError as exc:
+        _logger.error("cannot verify %s requests: %s", what, exc)
+        return Attempt(Outcome.AUTH_UNAVAILABLE, "token verification is unavailable")
+    except Exception:
+        _logger.exception("the %s handler is misconfigured", what)
+        return Attempt(Outcome.ERROR, f"the {what} handler is misconfigured")
+    return resolved
+
+
+def _conclude(
+    client: Client,
+    task: TaskInfo,
+    body: bytes,
+    *,
+    payload: OpenedPayload | None,
+    error: Exception | None,
+    elapsed: float,
+) -> Attempt:
+    """Classifies a run, logs it, and records a dead letter for what is given up."""
+    outcome = outcome_of(error)
+    where = f"task {task.task_name} (queue {task.queue_name}, retry {task.retry_count})"
+    what = payload.callable_name if payload is not None else "an undecodable payload"
+    if outcome is Outcome.UNAUTHENTICATED:
+        _logger.warning("%s: refused the payload: %s", where, error)
+        return Attempt(outcome, detail=str(error))
+    if outcome in (Outcome.SINGULAR_FAILURE, Outcome.ERROR):
+        metadata = payload.metadata if payload is not None else {}
+        reason = give_up_reason(
+            metadata.get("retry") or {},
+            retry_count=task.retry_count,
+            age_seconds=_age(metadata, task),
+        )
+        if reason is not None:
+            _logger.error("%s: %s failed and will not be retried: %s", where, what, reason,
+                          exc_info=error)  # fmt: skip
+            _dead_letter(client, task, body, payload, reason)
+            return Attempt(Outcome.RETRIES_EXHAUSTED, error=error)
+    if outcome is Outcome.SUCCESS:
+        _logger.info("%s: ran %s in %.0f ms", where, what, elapsed * 1000)
+    elif outcome is Outcome.PERMANENT_FAILURE:
+        _logger.exception("%s: permanent failure running %s", where, what, exc_info=error)
+        _dead_letter(client, task, body, payload, f"{type(error).__name__}: {error}")
+    elif outcome is Outcome.SINGULAR_FAILURE:
+        _logger.debug("%s: %s raised SingularTaskFailure; retry forced", where, what)
+    else:
+        _logger.error("%s: %s failed; Cloud Tasks will retry it", where, what, exc_info=error)
+    return Attempt(outcome, error=error)
+
+
+def _dead_letter(
+    client: Client, task: TaskInfo, body: bytes, payload: OpenedPayload | None, reason: str
+) -> None:
+    client.dead_letters.record(
+        DeadLetter.for_payload(
+            reason=reason,
+            task=task,
+            callable_name=payload.callable_name if payload is not None else None,
+            payload=body,
+        )
+    )
 
 
 def _current_client() -> Client:

@@ -27,8 +27,7 @@ from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
 
-from .auth import AuthenticationError, CertsUnavailableError
-from .handler import Outcome, StartResponse, response_for
+from .handler import Attempt, Outcome, StartResponse, authenticate, response_for
 
 if TYPE_CHECKING:
     from google.cloud import tasks_v2
@@ -162,18 +161,9 @@ class SweepApp:
     def _respond(self, environ: dict[str, Any]) -> tuple[str, HTTPStatus, list[tuple[str, str]]]:
         if environ.get("REQUEST_METHOD") != "POST":
             return response_for(Outcome.METHOD_NOT_ALLOWED)
-        try:
-            client = self._client or _current_client()
-            client.authenticator.authenticate(environ)
-        except AuthenticationError as exc:
-            _logger.warning("refused a sweep request: %s", exc)
-            return response_for(Outcome.UNAUTHENTICATED, str(exc))
-        except CertsUnavailableError as exc:
-            _logger.error("cannot verify sweep requests: %s", exc)
-            return response_for(Outcome.AUTH_UNAVAILABLE, "token verification is unavailable")
-        except Exception:
-            _logger.exception("the sweeper is misconfigured")
-            return response_for(Outcome.ERROR, "the sweeper is misconfigured")
+        client = authenticate(self._client, environ, what="sweep")
+        if isinstance(client, Attempt):
+            return response_for(client.outcome, client.detail)
         try:
             report = sweep(client, older_than=self.older_than, limit=self.limit)
         except Exception:
@@ -183,12 +173,6 @@ class SweepApp:
         ok = report.failed == 0
         status = HTTPStatus.OK if ok else HTTPStatus.INTERNAL_SERVER_ERROR
         return f"Swept: {report.summary()}", status, [("Content-Type", "text/plain; charset=utf-8")]
-
-
-def _current_client() -> Client:
-    from .client import current_client
-
-    return current_client()
 
 
 def _fresh_dev_token(client: Client, task: tasks_v2.Task) -> tasks_v2.Task:
