@@ -45,22 +45,9 @@ from .settings import Settings
 __version__ = "0.1.0"
 
 __all__ = [
-    # Configuration and context.
-    "BadTransactionStateError",
-    "Client",
-    "ConfigurationError",
-    # Exceptions, legacy names first.
-    "Error",
     # The legacy deferred API.
     "Handler",
-    "PayloadTooLargeError",
-    "PermanentTaskFailure",
-    "Settings",
-    "SingularTaskFailure",
-    "TaskAlreadyExistsError",
-    "TaskInfo",
     "TaskRetryOptions",
-    "TombstonedTaskError",
     "application",
     "current_task",
     "defer",
@@ -71,4 +58,17 @@ __all__ = [
     "serialize",
     "set_log_level",
     "wrap_wsgi_app",
+    # Exceptions: the legacy names, then this library's.
+    "Error",
+    "PermanentTaskFailure",
+    "SingularTaskFailure",
+    "TaskAlreadyExistsError",
+    "TombstonedTaskError",
+    "BadTransactionStateError",
+    "ConfigurationError",
+    "PayloadTooLargeError",
+    # Configuration and context.
+    "Client",
+    "Settings",
+    "TaskInfo",
 ]
