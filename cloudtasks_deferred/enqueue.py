@@ -43,7 +43,7 @@ from . import limits, oversized
 from .errors import ConfigurationError, TaskAlreadyExistsError, TombstonedTaskError
 from .options import TaskOptions, split_options
 from .payload import serialize
-from .retry import RetryOptionsWarning
+from .retry import RetryOptionsWarning, retry_metadata
 from .settings import Platform, Settings, origin
 
 if TYPE_CHECKING:
@@ -79,8 +79,8 @@ def enqueue(
                 RetryOptionsWarning,
                 stacklevel=4,
             )
-        metadata["retry"] = options.retry_options.to_metadata()
-        metadata["t0"] = (options.schedule_time or datetime.now(UTC)).timestamp()
+        scheduled_at = options.schedule_time or datetime.now(UTC)
+        metadata.update(retry_metadata(options.retry_options, scheduled_at))
     pickled = serialize(obj, *args, **call_kwargs)
     parent = client.queue_path(options.queue)
     if options.transactional:

@@ -5,21 +5,28 @@ and ``google.appengine.api.taskqueue``::
 
     Error
      ├── PermanentTaskFailure      raise it in a task: log, do not retry (HTTP 200)
+     │    └── frame.InvalidPayloadError     the body is no payload (truncated, corrupt)
      ├── SingularTaskFailure       raise it in a task: retry without an error log (HTTP 408)
      ├── TaskAlreadyExistsError    defer(_name=...) reused a name Cloud Tasks still holds
      │    └── TombstonedTaskError   ... a name whose task ended within the dedupe window
      ├── BadTransactionStateError  defer(_transactional=True) outside an NDB transaction
      ├── PayloadTooLargeError      a payload too big even for Datastore: nothing was sent
      ├── ConfigurationError        a setting is missing or invalid; the message names it
-     ├── queue_yaml.QueueYamlError a queue.yaml cannot be converted (also a ValueError)
-     └── PayloadRefusedError       a task body failed a payload check before unpickling
-          ├── PayloadSignatureError     ... unsigned or badly signed (frame.py)
-          └── DisallowedReferenceError  ... names code outside the allowlist (unpickling.py)
+     ├── PayloadRefusedError       a task body failed a payload check before unpickling (403)
+     │    ├── frame.PayloadSignatureError      ... unsigned or badly signed
+     │    └── unpickling.DisallowedReferenceError  ... names code outside the allowlist
+     ├── frame.UnsupportedPayloadError  a newer version of the library wrote it (500)
+     ├── auth.AuthenticationError  the request is not from an allowed caller (403)
+     ├── auth.CertsUnavailableError  no certificates to verify tokens with (503)
+     └── queue_yaml.QueueYamlError a queue.yaml cannot be converted (also a ValueError)
 
 Invalid arguments to :func:`~cloudtasks_deferred.defer` raise the built-in
 ``TypeError`` or ``ValueError``, naming the offending option. Errors from the Cloud
 Tasks API itself propagate as ``google.api_core.exceptions.GoogleAPICallError``
-with a note saying what to check.
+with a note saying what to check. ``defer`` warns, without raising, with
+``retry.RetryOptionsWarning`` when a task's retry options hold backoff, which Cloud
+Tasks sets per queue. The development tools (the emulators, the CLI's
+``dev`` and ``inspect``) raise their own errors, which the CLI turns into exit codes.
 """
 
 from __future__ import annotations

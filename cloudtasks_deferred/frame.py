@@ -34,7 +34,7 @@ import zlib
 from collections.abc import Mapping
 from typing import Any, Final
 
-from .errors import PayloadRefusedError, PermanentTaskFailure
+from .errors import Error, PayloadRefusedError, PermanentTaskFailure
 
 __all__ = [
     "FLAG_COMPRESSED",
@@ -73,7 +73,7 @@ class InvalidPayloadError(PermanentTaskFailure):
     """
 
 
-class UnsupportedPayloadError(Exception):
+class UnsupportedPayloadError(Error):
     """The frame uses a version or flag this deployment does not know.
 
     Not permanent: a newer version of the code enqueued it, and the task succeeds

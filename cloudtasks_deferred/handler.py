@@ -37,20 +37,21 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
 
 from . import limits
+from ._wsgi import Response, StartResponse, respond
 from .auth import AuthenticationError, CertsUnavailableError
+from .client import Client, current_client
 from .context import TaskInfo, running
 from .deadletters import DeadLetter
 from .errors import PayloadRefusedError, PermanentTaskFailure, SingularTaskFailure
-from .retry import give_up_reason
+from .retry import exhausted
 from .settings import Settings
 
 if TYPE_CHECKING:
-    from .client import Client
     from .payload import OpenedPayload
 
 __all__ = [
@@ -66,9 +67,6 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-#: ``(body, status, headers)``, the triple ``Handler.post`` returns.
-Response = tuple[str, HTTPStatus, list[tuple[str, str]]]
-StartResponse = Callable[..., Any]
 
 _TEXT: Final = ("Content-Type", "text/plain; charset=utf-8")
 
@@ -119,11 +117,14 @@ def response_for(outcome: Outcome, detail: str = "") -> Response:
     return body, _STATUS[outcome], headers
 
 
-def outcome_of(error: BaseException | None) -> Outcome:
+def outcome_of(error: BaseException | None, *, retries_exhausted: bool = False) -> Outcome:
     """Classifies how running a task ended. Pure.
 
     Args:
         error: What the task raised, or ``None`` if it returned.
+        retries_exhausted: The task's own ``_retry_options`` allow no more attempts
+            (see :func:`cloudtasks_deferred.retry.exhausted`); turns a retryable
+            failure into :attr:`Outcome.RETRIES_EXHAUSTED`.
     """
     if error is None:
         return Outcome.SUCCESS
@@ -132,6 +133,8 @@ def outcome_of(error: BaseException | None) -> Outcome:
         return Outcome.UNAUTHENTICATED
     if isinstance(error, PermanentTaskFailure):
         return Outcome.PERMANENT_FAILURE
+    if retries_exhausted:
+        return Outcome.RETRIES_EXHAUSTED
     if isinstance(error, SingularTaskFailure):
         return Outcome.SINGULAR_FAILURE
     return Outcome.ERROR
@@ -203,8 +206,6 @@ class Handler:
         max_body_bytes: int = limits.MAX_TASK_BYTES,
     ) -> None:
         if settings is not None and client is None:
-            from .client import Client
-
             client = Client(settings)
         self._client = client
         self._header_log_level = header_log_level
@@ -221,11 +222,8 @@ class Handler:
             The response body.
         """
         if environ.get("REQUEST_METHOD") != "POST":
-            body, status, headers = response_for(Outcome.METHOD_NOT_ALLOWED)
-        else:
-            body, status, headers = self.post(environ)
-        start_response(f"{status.value} {status.phrase}", headers)
-        return [body.encode()]
+            return respond(response_for(Outcome.METHOD_NOT_ALLOWED), start_response)
+        return respond(self.post(environ), start_response)
 
     def post(self, environ: Mapping[str, Any]) -> Response:
         """Authenticates and runs the task in a POST request; never raises.
@@ -279,7 +277,8 @@ class Handler:
         raw_length = environ.get("CONTENT_LENGTH") or ""
         stream = environ.get("wsgi.input")
         if raw_length:
-            if not raw_length.isdigit():
+            # isdigit() alone accepts "²", which int() refuses.
+            if not (raw_length.isascii() and raw_length.isdigit()):
                 return Attempt(Outcome.BAD_REQUEST, "invalid Content-Length")
             length = int(raw_length)
             if length > self._max_body_bytes:
@@ -328,7 +327,7 @@ def authenticate(
         already logged.
     """
     try:
-        resolved = client or _current_client()
+        resolved = client or current_client()
         resolved.authenticator.authenticate(environ)
     except AuthenticationError as exc:
         _logger.warning("refused a %s request: %s", what, exc)
@@ -352,29 +351,28 @@ def _conclude(
     elapsed: float,
 ) -> Attempt:
     """Classifies a run, logs it, and records a dead letter for what is given up."""
-    outcome = outcome_of(error)
+    reason = None
+    if outcome_of(error) in (Outcome.SINGULAR_FAILURE, Outcome.ERROR):
+        reason = exhausted(payload.metadata if payload is not None else {}, task, time.time())
+    outcome = outcome_of(error, retries_exhausted=reason is not None)
     where = f"task {task.task_name} (queue {task.queue_name}, retry {task.retry_count})"
-    what = payload.callable_name if payload is not None else "an undecodable payload"
-    if outcome is Outcome.UNAUTHENTICATED:
-        _logger.warning("%s: refused the payload: %s", where, error)
-        return Attempt(outcome, detail=str(error))
-    if outcome in (Outcome.SINGULAR_FAILURE, Outcome.ERROR):
-        metadata = payload.metadata if payload is not None else {}
-        reason = give_up_reason(
-            metadata.get("retry") or {},
-            retry_count=task.retry_count,
-            age_seconds=_age(metadata, task),
-        )
-        if reason is not None:
-            _logger.error("%s: %s failed and will not be retried: %s", where, what, reason,
-                          exc_info=error)  # fmt: skip
-            _dead_letter(client, task, body, payload, reason)
-            return Attempt(Outcome.RETRIES_EXHAUSTED, error=error)
+    what = (
+        payload.callable_name
+        if payload is not None
+        else f"a payload that could not be loaded ({type(error).__name__})"
+    )
     if outcome is Outcome.SUCCESS:
         _logger.info("%s: ran %s in %.0f ms", where, what, elapsed * 1000)
+    elif outcome is Outcome.UNAUTHENTICATED:
+        _logger.warning("%s: refused the payload: %s", where, error)
+        return Attempt(outcome, detail=str(error))
     elif outcome is Outcome.PERMANENT_FAILURE:
         _logger.exception("%s: permanent failure running %s", where, what, exc_info=error)
         _dead_letter(client, task, body, payload, f"{type(error).__name__}: {error}")
+    elif outcome is Outcome.RETRIES_EXHAUSTED:
+        _logger.error("%s: %s failed and will not be retried: %s", where, what, reason,
+                      exc_info=error)  # fmt: skip
+        _dead_letter(client, task, body, payload, str(reason))
     elif outcome is Outcome.SINGULAR_FAILURE:
         _logger.debug("%s: %s raised SingularTaskFailure; retry forced", where, what)
     else:
@@ -393,16 +391,3 @@ def _dead_letter(
             payload=body,
         )
     )
-
-
-def _current_client() -> Client:
-    from .client import current_client
-
-    return current_client()
-
-
-def _age(metadata: Mapping[str, Any], task: TaskInfo) -> float | None:
-    start = metadata.get("t0")
-    if isinstance(start, (int, float)) and not isinstance(start, bool):
-        return time.time() - start
-    return time.time() - task.eta.timestamp() if task.eta else None

@@ -10,23 +10,27 @@ a bare WSGI callable.
 With ``use_legacy_context_mode`` (the default, as in the bundled services) and NDB
 enabled (see ``CLOUDTASKS_DEFERRED_NDB``), requests to the app also run inside an
 NDB context, as legacy code that calls ``Model.get_or_insert`` in a view expects.
+
+With explicit ``settings`` (or ``client``), every request — to the app, to the task
+handler, to the sweeper — runs with that client bound, until the server closes the
+response: a custom ``handler`` without a client of its own, and a streamed response,
+use those settings too.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ._wsgi import ClosingIterator, StartResponse, WSGIApp
 from .client import Client, current_client
-from .handler import Handler, StartResponse
+from .handler import Handler
 from .options import DEFAULT_URL
 from .settings import Settings
 from .sweeper import SWEEP_PATH, SweepApp
 
-__all__ = ["DeferredMiddleware", "wrap_wsgi_app"]
-
-WSGIApp = Any  # Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+__all__ = ["DeferredMiddleware", "WSGIApp", "wrap_wsgi_app"]
 
 
 class DeferredMiddleware:
@@ -50,7 +54,7 @@ class DeferredMiddleware:
         paths: Iterable[str],
         client: Client | None = None,
         ndb_context: bool = True,
-        routes: dict[str, WSGIApp] | None = None,
+        routes: Mapping[str, WSGIApp] | None = None,
     ) -> None:
         self.app = app
         self.handler = handler
@@ -61,21 +65,21 @@ class DeferredMiddleware:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """Serves one request (PEP 3333)."""
-        if environ.get("PATH_INFO") in self.paths:
-            result: Iterable[bytes] = self.handler(environ, start_response)
-            return result
-        route = self.routes.get(environ.get("PATH_INFO", ""))
-        if route is not None:
-            routed: Iterable[bytes] = route(environ, start_response)
-            return routed
-        client = self.client or current_client()
-        with contextlib.ExitStack() as stack:
+        path = environ.get("PATH_INFO", "")
+        target = self.handler if path in self.paths else self.routes.get(path)
+        stack = contextlib.ExitStack()
+        try:
             if self.client is not None:
-                stack.enter_context(client.bind())
-            if self.ndb_context:
-                stack.enter_context(client.ndb_context())
-            response: Iterable[bytes] = self.app(environ, start_response)
-        return response
+                stack.enter_context(self.client.bind())
+            if target is None:
+                target = self.app
+                if self.ndb_context:
+                    stack.enter_context((self.client or current_client()).ndb_context())
+            response = target(environ, start_response)
+        except BaseException:
+            stack.close()
+            raise
+        return ClosingIterator(response, stack)
 
 
 def wrap_wsgi_app(
@@ -126,7 +130,9 @@ def wrap_wsgi_app(
     if client is None and settings is not None:
         client = Client(settings)
     routes = (DEFAULT_URL, *extra) if use_deferred else ()
-    sweeper = {sweep_path: SweepApp(client)} if use_deferred and sweep_path else {}
+    sweeper: dict[str, WSGIApp] = (
+        {sweep_path: SweepApp(client)} if use_deferred and sweep_path else {}
+    )
     return DeferredMiddleware(
         app,
         handler=handler or Handler(client=client),

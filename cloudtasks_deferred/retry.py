@@ -21,12 +21,28 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from .context import TaskInfo
 
-__all__ = ["RetryOptionsWarning", "TaskRetryOptions", "give_up_reason", "gives_up"]
+__all__ = [
+    "LIMITS_KEY",
+    "STARTED_KEY",
+    "RetryOptionsWarning",
+    "TaskRetryOptions",
+    "exhausted",
+    "give_up_reason",
+    "gives_up",
+    "retry_metadata",
+]
+
+#: Frame metadata key of the task's own limits (:meth:`TaskRetryOptions.to_metadata`).
+LIMITS_KEY: Final = "retry"
+#: Frame metadata key of the time the task may first run, in seconds since the epoch.
+STARTED_KEY: Final = "t0"
 
 
 class RetryOptionsWarning(UserWarning):
@@ -121,25 +137,44 @@ def give_up_reason(
     return "; ".join(reasons) or None
 
 
-def gives_up(metadata: Mapping[str, Any], task: TaskInfo | None) -> bool:
-    """Whether the handler will give up on the failed attempt of ``task`` now.
-
-    For code that runs inside a task and must clean up once the task will not be
-    retried (e.g. a stored payload): the same rule the handler applies.
+def retry_metadata(options: TaskRetryOptions, scheduled_at: datetime) -> dict[str, Any]:
+    """The frame metadata that carries ``options`` to the handler.
 
     Args:
-        metadata: The payload frame's metadata (``retry`` limits, start time ``t0``).
+        options: The task's ``_retry_options``.
+        scheduled_at: When the task may first run: its age is counted from there.
+    """
+    return {LIMITS_KEY: options.to_metadata(), STARTED_KEY: scheduled_at.timestamp()}
+
+
+def exhausted(metadata: Mapping[str, Any], task: TaskInfo | None, now: float) -> str | None:
+    """Why a failed attempt of ``task`` is the last one, or ``None`` if it will be retried.
+
+    The one rule the handler applies, and that code running inside a task uses to
+    clean up once its task will not be retried (a stored payload, an outbox entry).
+
+    Args:
+        metadata: The payload frame's metadata (see :func:`retry_metadata`).
         task: The running task (:func:`~cloudtasks_deferred.current_task`); ``None``
-            outside one, where nothing gives up.
+            outside one, where nothing is exhausted.
+        now: Seconds since the epoch.
     """
     if task is None:
-        return False
-    start = metadata.get("t0")
+        return None
+    start = metadata.get(STARTED_KEY)
     if isinstance(start, (int, float)) and not isinstance(start, bool):
-        age: float | None = time.time() - start
+        age: float | None = now - start
     else:
-        age = time.time() - task.eta.timestamp() if task.eta else None
-    reason = give_up_reason(
-        metadata.get("retry") or {}, retry_count=task.retry_count, age_seconds=age
+        age = now - task.eta.timestamp() if task.eta else None
+    limits = metadata.get(LIMITS_KEY)
+    return give_up_reason(
+        limits if isinstance(limits, Mapping) else {},
+        retry_count=task.retry_count,
+        age_seconds=age,
     )
-    return reason is not None
+
+
+def gives_up(metadata: Mapping[str, Any], task: TaskInfo | None) -> bool:
+    """Whether the handler will give up on the failed attempt of ``task`` now
+    (:func:`exhausted`, at the current time)."""
+    return exhausted(metadata, task, time.time()) is not None

@@ -24,10 +24,10 @@ import dataclasses
 import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
 
-from .handler import Attempt, Outcome, StartResponse, authenticate, response_for
+from ._wsgi import Response, StartResponse, respond
+from .handler import Attempt, Outcome, authenticate, response_for
 
 if TYPE_CHECKING:
     from google.cloud import tasks_v2
@@ -154,11 +154,9 @@ class SweepApp:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """Serves one request (PEP 3333)."""
-        body, status, headers = self._respond(environ)
-        start_response(f"{status.value} {status.phrase}", headers)
-        return [body.encode()]
+        return respond(self._respond(environ), start_response)
 
-    def _respond(self, environ: dict[str, Any]) -> tuple[str, HTTPStatus, list[tuple[str, str]]]:
+    def _respond(self, environ: dict[str, Any]) -> Response:
         if environ.get("REQUEST_METHOD") != "POST":
             return response_for(Outcome.METHOD_NOT_ALLOWED)
         client = authenticate(self._client, environ, what="sweep")
@@ -170,9 +168,9 @@ class SweepApp:
             _logger.exception("the outbox sweep failed")
             return response_for(Outcome.ERROR, "the sweep failed; see the logs")
         _logger.info("outbox sweep: %s", report.summary())
-        ok = report.failed == 0
-        status = HTTPStatus.OK if ok else HTTPStatus.INTERNAL_SERVER_ERROR
-        return f"Swept: {report.summary()}", status, [("Content-Type", "text/plain; charset=utf-8")]
+        # A task that could not be created answers 500, so the scheduler's job shows it.
+        return response_for(Outcome.SUCCESS if report.failed == 0 else Outcome.ERROR,
+                            f"swept: {report.summary()}")  # fmt: skip
 
 
 def _fresh_dev_token(client: Client, task: tasks_v2.Task) -> tasks_v2.Task:

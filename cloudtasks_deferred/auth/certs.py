@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping
 from typing import Final, Protocol
 
 from cloudtasks_deferred._memo import once_per_process
+from cloudtasks_deferred.errors import Error
 
 __all__ = [
     "CachedCerts",
@@ -64,7 +65,7 @@ _logger = logging.getLogger(__name__)
 Fetch = Callable[[str], tuple[int, Mapping[str, str], bytes]]
 
 
-class CertsUnavailableError(Exception):
+class CertsUnavailableError(Error):
     """No certificates could be obtained to verify tokens (a transient condition)."""
 
 

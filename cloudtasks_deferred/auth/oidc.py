@@ -42,6 +42,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Final
 
+from cloudtasks_deferred.errors import Error
+
 from .certs import CertSource
 from .token_cache import DEFAULT_MAX_ENTRIES, CachedToken, VerifiedTokens
 
@@ -64,7 +66,7 @@ MAX_TOKEN_BYTES: Final = 16 * 1024
 _COMPACT_JWT: Final = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
-class AuthenticationError(Exception):
+class AuthenticationError(Error):
     """The request is not from an allowed caller; ``str(error)`` says which check failed."""
 
 

@@ -25,12 +25,14 @@ from cloudtasks_deferred.deadletters import InMemoryDeadLetters
 from cloudtasks_deferred.frame import (
     MAGIC,
     InvalidPayloadError,
+    PayloadSignatureError,
     UnsupportedPayloadError,
     encode,
 )
 from cloudtasks_deferred.handler import Outcome, outcome_of, response_for
 from cloudtasks_deferred.payload import serialize
 from cloudtasks_deferred.transports.memory import InMemoryTransport
+from cloudtasks_deferred.unpickling import DisallowedReferenceError
 from tests import tasks
 from tests.oidc import AUDIENCE, INVOKER, Issuer
 from tests.tasks import RECORDER
@@ -84,10 +86,28 @@ def test_detail_goes_in_the_body() -> None:
         (RuntimeError("x"), Outcome.ERROR),
         (ImportError("x"), Outcome.ERROR),
         (UnsupportedPayloadError("x"), Outcome.ERROR),
+        (PayloadSignatureError("x"), Outcome.UNAUTHENTICATED),
+        (DisallowedReferenceError("x"), Outcome.UNAUTHENTICATED),
     ],
 )
 def test_outcome_of(error: BaseException | None, outcome: Outcome) -> None:
     assert outcome_of(error) is outcome
+
+
+@pytest.mark.parametrize(
+    ("error", "outcome"),
+    [
+        (None, Outcome.SUCCESS),
+        (PermanentTaskFailure("x"), Outcome.PERMANENT_FAILURE),
+        (PayloadSignatureError("x"), Outcome.UNAUTHENTICATED),
+        (SingularTaskFailure("x"), Outcome.RETRIES_EXHAUSTED),
+        (RuntimeError("x"), Outcome.RETRIES_EXHAUSTED),
+    ],
+)
+def test_exhausted_retry_options_end_only_retryable_failures(
+    error: BaseException | None, outcome: Outcome
+) -> None:
+    assert outcome_of(error, retries_exhausted=True) is outcome
 
 
 @pytest.fixture
@@ -190,6 +210,8 @@ def test_chunked_body_within_the_limit_runs(handler: Handler, auth: dict[str, st
     [
         ("abc", b"invalid Content-Length"),
         ("-5", b"invalid Content-Length"),
+        ("\u00b2", b"invalid Content-Length"),  # "2" superscript: str.isdigit() says yes
+        ("1\u0663", b"invalid Content-Length"),  # an Arabic-Indic digit
         ("9999", b"shorter than its Content-Length"),
     ],
 )

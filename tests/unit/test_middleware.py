@@ -138,3 +138,58 @@ def test_django(signed_client: Client, issuer: Issuer) -> None:
     env = environ(task.http_request.body, headers={"Authorization": f"Bearer {issuer.token()}"})
     assert call(application, env).code == 200
     assert RECORDER.named("record") == ["from django"]
+
+
+def test_a_custom_handler_uses_the_wrapped_apps_settings(
+    signed_client: Client, issuer: Issuer
+) -> None:
+    """A Handler built without a client (docs/migration.md's custom handler) must not
+    fall back to the environment: signing keys and the allowlist still apply."""
+    import dataclasses
+
+    from cloudtasks_deferred.frame import SigningKey
+
+    key = SigningKey("k1", b"k" * 32)
+    settings = dataclasses.replace(signed_client.settings, signing_keys=(key,))
+    client = Client(settings, transport=signed_client.transport,
+                    authenticator=signed_client.authenticator)  # fmt: skip
+    app = wrap_wsgi_app(hello_app, handler=Handler(), client=client)
+    token = {"Authorization": f"Bearer {issuer.token()}"}
+    signed = encode(serialize(tasks.record, "signed"), signing_key=key)
+    assert call(app, environ(signed, headers=token)).code == 200
+    unsigned = call(app, environ(payload(), headers=token))
+    assert (unsigned.code, unsigned.body) == (403, b"Forbidden: the payload is not signed")
+    assert RECORDER.named("record") == ["signed"]
+
+
+def test_a_streamed_response_runs_with_the_bound_client_until_closed() -> None:
+    seen: list[Settings] = []
+    closed: list[bool] = []
+
+    class Body:
+        def __iter__(self) -> Any:
+            seen.append(current_client().settings)  # produced while the server iterates
+            yield b"chunk"
+
+        def close(self) -> None:
+            closed.append(True)
+
+    def streaming_app(env: dict[str, Any], start_response: Any) -> Body:
+        start_response("200 OK", [])
+        return Body()
+
+    assert (
+        call(wrap_wsgi_app(streaming_app, settings=SETTINGS), environ(path="/x")).body == b"chunk"
+    )
+    assert seen == [SETTINGS]
+    assert closed == [True]
+    assert current_client().settings != SETTINGS  # unbound once the server closed it
+
+
+def test_an_app_that_raises_leaves_nothing_bound() -> None:
+    def broken(env: dict[str, Any], start_response: Any) -> list[bytes]:
+        raise RuntimeError("broken app")
+
+    with pytest.raises(RuntimeError, match="broken app"):
+        call(wrap_wsgi_app(broken, settings=SETTINGS), environ(path="/x"))
+    assert current_client().settings != SETTINGS

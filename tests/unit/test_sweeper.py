@@ -99,7 +99,9 @@ def test_the_endpoint_sweeps_for_an_authenticated_caller(
     headers = {"Authorization": f"Bearer {issuer.token()}"}
     response = call(app, environ(path=SWEEP_PATH, headers=headers))
     assert response.status.startswith("200")
-    assert response.body == b"Swept: created 2, already existing 1, already run 0, failed 0"
+    assert (
+        response.body == b"Success: swept: created 2, already existing 1, already run 0, failed 0"
+    )
     assert sweeps == [{"older_than": timedelta(minutes=9), "limit": 7}]
 
 
