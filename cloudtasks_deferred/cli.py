@@ -16,18 +16,16 @@ import argparse
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from . import __version__
+from ._tooling import EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 
 __all__ = ["main"]
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,23 +98,43 @@ def _run_emulator(args: argparse.Namespace) -> int:
         )
         return EXIT_UNAVAILABLE
     emulator = CloudTasksEmulator(queues=queues, port=args.port, python=args.python)
-    try:
-        emulator.start()
-    except EmulatorUnavailableError as exc:
-        print(f"cloudtasks-deferred emulator: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    print(f"Cloud Tasks emulator on {emulator.host}; queues:")
-    for queue in queues:
-        print(f"  {queue}")
-    print(f"export CLOUD_TASKS_EMULATOR_HOST={emulator.host}", flush=True)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    try:
-        stop.wait()
-    finally:
-        emulator.stop()
+    # Before start(): a signal while it waits must stop the emulator too, which runs
+    # in its own session, out of reach of the terminal's Ctrl-C.
+    with _interrupted_by_signals():
+        try:
+            emulator.start()
+            print(f"Cloud Tasks emulator on {emulator.host}; queues:")
+            for queue in queues:
+                print(f"  {queue}")
+            print(f"export CLOUD_TASKS_EMULATOR_HOST={emulator.host}", flush=True)
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        except EmulatorUnavailableError as exc:
+            print(f"cloudtasks-deferred emulator: {exc}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        finally:
+            emulator.stop()
     return EXIT_OK
+
+
+@contextmanager
+def _interrupted_by_signals() -> Iterator[None]:
+    """Makes the first SIGINT or SIGTERM raise ``KeyboardInterrupt``, and ignores the
+    ones after it, so that stopping is not itself interrupted."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        for each in signals:
+            signal.signal(each, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in signals}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _add_queue_yaml(commands: Any) -> None:
