@@ -6,8 +6,9 @@ of committed transactional defers that never got one), ``dev`` (an app on both
 emulators), ``inspect`` (what a payload would run, without running it).
 Each command's logic lives in its own module, imported when the command runs.
 
-Exit codes: 0 success, 1 failure (bad input, an app that exited), 2 usage error
-(argparse), 3 an emulator or a tool is not installed or did not start.
+Exit codes: 0 success, 1 failure (bad input, an app that exited with an error), 2
+usage error (argparse's, and no command given), 3 an emulator or a tool is not
+installed or did not start. Each command's ``--help`` says which it uses.
 """
 
 from __future__ import annotations
@@ -29,12 +30,21 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command line; returns the exit code."""
+    """Runs the command line.
+
+    Args:
+        argv: The arguments after the program's name; ``sys.argv[1:]`` when ``None``.
+
+    Returns:
+        The exit code (see the module docstring); 2 when no command is given.
+        argparse raises ``SystemExit`` itself: 2 on a usage error, 0 after
+        ``--help`` or ``--version``.
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
-        parser.print_help()
-        return EXIT_FAILURE
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     code: int = args.run(args)
     return code
 
@@ -146,7 +156,9 @@ def _add_queue_yaml(commands: Any) -> None:
             "module terraform/modules/cloudtasks_deferred, as the rules of gcloud app "
             "deploy map it to Cloud Tasks. Settings Cloud Tasks cannot carry over (pull "
             "queues, acl, bucket_size, total_storage_limit) are listed as warnings on "
-            "stderr. Exits 1, naming the queue and the field, when a value is invalid."
+            "stderr. Exit codes: 0 converted, 1 the file cannot be read or converted (the "
+            "message names the queue and the field) or the output cannot be written, "
+            "2 usage."
         ),
     )
     queue_yaml.add_argument("path", metavar="PATH", help="the queue.yaml file, or - for stdin")
@@ -196,7 +208,9 @@ def _add_sweep(commands: Any) -> None:
         description=(
             "Creates the task of every outbox entry (defer(_transactional=True)) older "
             "than --older-than seconds, as the app's process would have right after its "
-            "transaction committed. Configured from the environment, like the app."
+            "transaction committed. Configured from the environment, like the app. Exit "
+            "codes: 0 every entry handled, 1 an invalid configuration or an entry that "
+            "failed, 2 usage."
         ),
     )
     sweep.add_argument(
@@ -269,8 +283,9 @@ def _add_dev(commands: Any) -> None:
             "(MODULE:ATTRIBUTE), with python -m cloudtasks_deferred.devserver, or a "
             "functions-framework target (--functions-target). Prints the URLs and the "
             "variables, streams the app's output, and stops everything on Ctrl-C or "
-            "SIGTERM. Exit codes: 0 stopped, 1 the app failed or exited, 2 usage, "
-            "3 an emulator or server is not installed."
+            "SIGTERM. Exit codes: 0 stopped, 1 bad input (--app-dir, --source, a port in "
+            "use, a queue file) or the app did not start or exited with an error, 2 usage, "
+            "3 an emulator or server is not installed or did not start."
         ),
     )
     dev.add_argument("app", nargs="?", metavar="APP", help="the WSGI app, e.g. main:app")
@@ -363,7 +378,8 @@ def _add_inspect(commands: Any) -> None:
             "pickle references, and the frame's flags, key ID and metadata. The pickle is "
             "disassembled, never unpickled: nothing is imported or run, and signatures are "
             "not verified. The output shows argument values: treat it like the payload. "
-            "Exit codes: 0 shown, 1 not a readable payload, 2 usage."
+            "Exit codes: 0 shown, 1 not a readable payload or not a deferred call, "
+            "2 usage."
         ),
     )
     inspect.add_argument("file", metavar="FILE", help="the payload or task JSON; - for stdin")

@@ -96,8 +96,10 @@ def run_dev(options: DevOptions) -> int:
     """Runs the app on the emulators until interrupted.
 
     Returns:
-        0 after Ctrl-C/SIGTERM; 1 if the app could not start or exited by itself;
-        3 if an emulator or the server the app needs is not installed.
+        0 after Ctrl-C/SIGTERM (or when the app exits with status 0); 1 for bad
+        options (``app_dir``, ``source``, a port in use) or if the app did not start
+        or exited with an error; 3 if an emulator or the server the app needs is not
+        installed, or an emulator did not start or answer.
     """
     problem = _check(options)
     if problem is not None:
