@@ -250,7 +250,7 @@ def _add_queue_files(command: argparse.ArgumentParser) -> None:
         "--queue-yaml",
         type=Path,
         metavar="FILE",
-        help="also create the queues of this App Engine queue.yaml (and default)",
+        help="also create the queues this App Engine queue.yaml converts to (see queue-yaml)",
     )
     command.add_argument(
         "--queues-json",

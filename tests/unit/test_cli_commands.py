@@ -157,7 +157,7 @@ def test_dev_reports_a_bad_queue_file(tmp_path: Path, capsys: pytest.CaptureFixt
     bad = tmp_path / "queue.yaml"
     bad.write_text("queue:\n- rate: 1/s\n")
     assert cli.main(["dev", "main:app", "--queue-yaml", str(bad)]) == 1
-    assert "queue entry 1 has no `name`" in capsys.readouterr().err
+    assert f"{bad}: queue entry #1 has no name" in capsys.readouterr().err
 
 
 def test_emulator_reports_a_bad_queue_file(
