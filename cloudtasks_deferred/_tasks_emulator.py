@@ -20,6 +20,8 @@ from typing import Any
 
 from ._tooling import EXIT_OK, EXIT_UNAVAILABLE, LOOPBACK
 
+__all__ = ["main"]
+
 
 def main(argv: list[str] | None = None) -> int:
     """Starts the emulator and blocks until SIGTERM/SIGINT.
