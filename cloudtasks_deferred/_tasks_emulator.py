@@ -18,11 +18,18 @@ import threading
 from concurrent import futures
 from typing import Any
 
-_HOST = "127.0.0.1"
+from ._tooling import EXIT_OK, EXIT_UNAVAILABLE, LOOPBACK
+
+__all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Starts the emulator and blocks until SIGTERM/SIGINT; returns 3 if it is missing."""
+    """Starts the emulator and blocks until SIGTERM/SIGINT.
+
+    Returns:
+        ``EXIT_UNAVAILABLE`` (3) if gcloud-tasks-emulator is not installed; once
+        started, it ends the process itself with status 0 when stopped.
+    """
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--queue", action="append", default=[], help="full queue name")
@@ -40,13 +47,13 @@ def main(argv: list[str] | None = None) -> int:
             "pip install --no-deps gcloud-tasks-emulator==0.6.2",
             file=sys.stderr,
         )
-        return 3
+        return EXIT_UNAVAILABLE
 
     class LoopbackAPIThread(server.APIThread):  # type: ignore[misc]
         def run(self) -> None:
             self._httpd = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
             server.add_CloudTasksServicer_to_server(server.Greeter(self._state), self._httpd)
-            self._httpd.add_insecure_port(f"{_HOST}:{self._port}")
+            self._httpd.add_insecure_port(f"{LOOPBACK}:{self._port}")
             self._httpd.start()
 
     class SteadyQueueState(server.QueueState):  # type: ignore[misc]
@@ -65,19 +72,19 @@ def main(argv: list[str] | None = None) -> int:
 
     server.QueueState = SteadyQueueState
     emulator: Any = server.create_server(
-        _HOST, args.port, default_queue_names=args.queue, max_retries=args.max_retries
+        LOOPBACK, args.port, default_queue_names=args.queue, max_retries=args.max_retries
     )
-    emulator._api = LoopbackAPIThread(emulator._state, _HOST, args.port, daemon=True)
+    emulator._api = LoopbackAPIThread(emulator._state, LOOPBACK, args.port, daemon=True)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     emulator.start()
-    print(f"Cloud Tasks emulator listening on {_HOST}:{args.port}", flush=True)
+    print(f"Cloud Tasks emulator listening on {LOOPBACK}:{args.port}", flush=True)
     stop.wait()
     emulator.stop()
     # Its dispatch threads are not daemons and may sit in urlopen without a timeout.
     sys.stdout.flush()
-    os._exit(0)
+    os._exit(EXIT_OK)
 
 
 if __name__ == "__main__":

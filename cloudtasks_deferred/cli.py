@@ -6,8 +6,9 @@ of committed transactional defers that never got one), ``dev`` (an app on both
 emulators), ``inspect`` (what a payload would run, without running it).
 Each command's logic lives in its own module, imported when the command runs.
 
-Exit codes: 0 success, 1 failure (bad input, an app that exited), 2 usage error
-(argparse), 3 an emulator or a tool is not installed or did not start.
+Exit codes: 0 success, 1 failure (bad input, an app that exited with an error), 2
+usage error (argparse's, and no command given), 3 an emulator or a tool is not
+installed or did not start. Each command's ``--help`` says which it uses.
 """
 
 from __future__ import annotations
@@ -16,27 +17,34 @@ import argparse
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from . import __version__
+from ._tooling import EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 
 __all__ = ["main"]
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 3
-
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command line; returns the exit code."""
+    """Runs the command line.
+
+    Args:
+        argv: The arguments after the program's name; ``sys.argv[1:]`` when ``None``.
+
+    Returns:
+        The exit code (see the module docstring); 2 when no command is given.
+        argparse raises ``SystemExit`` itself: 2 on a usage error, 0 after
+        ``--help`` or ``--version``.
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
-        parser.print_help()
-        return EXIT_FAILURE
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     code: int = args.run(args)
     return code
 
@@ -100,23 +108,43 @@ def _run_emulator(args: argparse.Namespace) -> int:
         )
         return EXIT_UNAVAILABLE
     emulator = CloudTasksEmulator(queues=queues, port=args.port, python=args.python)
-    try:
-        emulator.start()
-    except EmulatorUnavailableError as exc:
-        print(f"cloudtasks-deferred emulator: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    print(f"Cloud Tasks emulator on {emulator.host}; queues:")
-    for queue in queues:
-        print(f"  {queue}")
-    print(f"export CLOUD_TASKS_EMULATOR_HOST={emulator.host}", flush=True)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    try:
-        stop.wait()
-    finally:
-        emulator.stop()
+    # Before start(): a signal while it waits must stop the emulator too, which runs
+    # in its own session, out of reach of the terminal's Ctrl-C.
+    with _interrupted_by_signals():
+        try:
+            emulator.start()
+            print(f"Cloud Tasks emulator on {emulator.host}; queues:")
+            for queue in queues:
+                print(f"  {queue}")
+            print(f"export CLOUD_TASKS_EMULATOR_HOST={emulator.host}", flush=True)
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        except EmulatorUnavailableError as exc:
+            print(f"cloudtasks-deferred emulator: {exc}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        finally:
+            emulator.stop()
     return EXIT_OK
+
+
+@contextmanager
+def _interrupted_by_signals() -> Iterator[None]:
+    """Makes the first SIGINT or SIGTERM raise ``KeyboardInterrupt``, and ignores the
+    ones after it, so that stopping is not itself interrupted."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        for each in signals:
+            signal.signal(each, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in signals}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _add_queue_yaml(commands: Any) -> None:
@@ -128,7 +156,9 @@ def _add_queue_yaml(commands: Any) -> None:
             "module terraform/modules/cloudtasks_deferred, as the rules of gcloud app "
             "deploy map it to Cloud Tasks. Settings Cloud Tasks cannot carry over (pull "
             "queues, acl, bucket_size, total_storage_limit) are listed as warnings on "
-            "stderr. Exits 1, naming the queue and the field, when a value is invalid."
+            "stderr. Exit codes: 0 converted, 1 the file cannot be read or converted (the "
+            "message names the queue and the field) or the output cannot be written, "
+            "2 usage."
         ),
     )
     queue_yaml.add_argument("path", metavar="PATH", help="the queue.yaml file, or - for stdin")
@@ -178,7 +208,9 @@ def _add_sweep(commands: Any) -> None:
         description=(
             "Creates the task of every outbox entry (defer(_transactional=True)) older "
             "than --older-than seconds, as the app's process would have right after its "
-            "transaction committed. Configured from the environment, like the app."
+            "transaction committed. Configured from the environment, like the app. Exit "
+            "codes: 0 every entry handled, 1 an invalid configuration or an entry that "
+            "failed, 2 usage."
         ),
     )
     sweep.add_argument(
@@ -218,7 +250,7 @@ def _add_queue_files(command: argparse.ArgumentParser) -> None:
         "--queue-yaml",
         type=Path,
         metavar="FILE",
-        help="also create the queues of this App Engine queue.yaml (and default)",
+        help="also create the queues this App Engine queue.yaml converts to (see queue-yaml)",
     )
     command.add_argument(
         "--queues-json",
@@ -251,8 +283,9 @@ def _add_dev(commands: Any) -> None:
             "(MODULE:ATTRIBUTE), with python -m cloudtasks_deferred.devserver, or a "
             "functions-framework target (--functions-target). Prints the URLs and the "
             "variables, streams the app's output, and stops everything on Ctrl-C or "
-            "SIGTERM. Exit codes: 0 stopped, 1 the app failed or exited, 2 usage, "
-            "3 an emulator or server is not installed."
+            "SIGTERM. Exit codes: 0 stopped, 1 bad input (--app-dir, --source, a port in "
+            "use, a queue file) or the app did not start or exited with an error, 2 usage, "
+            "3 an emulator or server is not installed or did not start."
         ),
     )
     dev.add_argument("app", nargs="?", metavar="APP", help="the WSGI app, e.g. main:app")
@@ -345,7 +378,8 @@ def _add_inspect(commands: Any) -> None:
             "pickle references, and the frame's flags, key ID and metadata. The pickle is "
             "disassembled, never unpickled: nothing is imported or run, and signatures are "
             "not verified. The output shows argument values: treat it like the payload. "
-            "Exit codes: 0 shown, 1 not a readable payload, 2 usage."
+            "Exit codes: 0 shown, 1 not a readable payload or not a deferred call, "
+            "2 usage."
         ),
     )
     inspect.add_argument("file", metavar="FILE", help="the payload or task JSON; - for stdin")

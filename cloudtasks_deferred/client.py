@@ -282,10 +282,25 @@ def _enqueue_module() -> ModuleType:
     return importlib.import_module("cloudtasks_deferred.enqueue")
 
 
-@functools.cache
 def default_client() -> Client:
-    """Returns the process's default client, built from the environment on first call."""
+    """Returns the process's default client, built from the environment on first call.
+
+    Built once even when threads ask at once (a threaded server's first requests), so
+    the process has one authenticator and one cache of verified tokens.
+    ``default_client.cache_clear()`` forgets it, for tests.
+
+    Raises:
+        ConfigurationError: The environment is invalid (nothing is remembered then).
+    """
+    return _default_client(None)
+
+
+@once_per_process
+def _default_client(_: None) -> Client:
     return Client()
+
+
+default_client.cache_clear = _default_client.cache_clear  # type: ignore[attr-defined]
 
 
 @once_per_process

@@ -32,18 +32,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from .emulators import CloudTasksEmulator, DatastoreEmulator, EmulatorUnavailableError, free_port
+from ._tooling import EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE, LOOPBACK
+from .emulators import (
+    CloudTasksEmulator,
+    DatastoreEmulator,
+    EmulatorUnavailableError,
+    free_port,
+    stop_process_group,
+)
 from .localdev import app_environment, full_queue_names, start_emulators
 
-__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_UNAVAILABLE", "DevOptions", "run_dev"]
+__all__ = ["DevOptions", "run_dev"]
 
-EXIT_OK: Final = 0
-EXIT_FAILURE: Final = 1
-EXIT_UNAVAILABLE: Final = 3
-
-_HOST: Final = "127.0.0.1"
 _READY_TIMEOUT: Final = 60.0  # seconds for the app to accept connections
-_STOP_TIMEOUT: Final = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,8 +96,10 @@ def run_dev(options: DevOptions) -> int:
     """Runs the app on the emulators until interrupted.
 
     Returns:
-        0 after Ctrl-C/SIGTERM; 1 if the app could not start or exited by itself;
-        3 if an emulator or the server the app needs is not installed.
+        0 after Ctrl-C/SIGTERM (or when the app exits with status 0); 1 for bad
+        options (``app_dir``, ``source``, a port in use) or if the app did not start
+        or exited with an error; 3 if an emulator or the server the app needs is not
+        installed, or an emulator did not start or answer.
     """
     problem = _check(options)
     if problem is not None:
@@ -123,7 +126,7 @@ def _check(options: DevOptions) -> tuple[str, int] | None:
     if options.functions_target and not (options.app_dir / options.source).is_file():
         return f"no {options.source} in {options.app_dir} (--source)", EXIT_FAILURE
     if options.port and not _port_free(options.port):
-        return f"port {options.port} on {_HOST} is in use: pass another --port", EXIT_FAILURE
+        return f"port {options.port} on {LOOPBACK} is in use: pass another --port", EXIT_FAILURE
     missing = _missing_tool(options)
     return (missing, EXIT_UNAVAILABLE) if missing else None
 
@@ -178,7 +181,7 @@ def _serve(options: DevOptions, stack: contextlib.ExitStack, stop: threading.Eve
     variables = app_environment(
         emulators,
         location=options.location,
-        base_url=f"http://{_HOST}:{tasks_port}",
+        base_url=f"http://{LOOPBACK}:{tasks_port}",
         dev_key_file=key_file,
     )
     say(f"Cloud Tasks emulator on {emulators.tasks_host}, queues: {', '.join(options.queue_ids)}")
@@ -199,7 +202,7 @@ def _serve(options: DevOptions, stack: contextlib.ExitStack, stop: threading.Eve
         child = _spawn(_command(options, target, server_port), options.app_dir, env, stack)
         if not _wait_ready(server_port, child, stop):
             return EXIT_OK if stop.is_set() else _fail(f"{target} did not start", EXIT_FAILURE)
-        say(f"serving {target} on http://{_HOST}:{server_port}/")
+        say(f"serving {target} on http://{LOOPBACK}:{server_port}/")
         children.append(child)
     say("ready; Ctrl-C stops the app and the emulators")
     return _supervise(children, stop)
@@ -220,7 +223,7 @@ def _command(options: DevOptions, target: str | None, port: int) -> list[str]:
     if options.functions_target:
         return [
             sys.executable, "-m", "functions_framework", "--target", str(target),
-            "--source", options.source, "--host", _HOST, "--port", str(port),
+            "--source", options.source, "--host", LOOPBACK, "--port", str(port),
         ]  # fmt: skip
     return [
         sys.executable, "-m", "cloudtasks_deferred.devserver", str(target),
@@ -236,21 +239,8 @@ def _spawn(
     child = subprocess.Popen(  # noqa: S603 - argv built here, no shell
         command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, start_new_session=True
     )
-    stack.callback(_stop, child)
+    stack.callback(stop_process_group, child)
     return child
-
-
-def _stop(child: subprocess.Popen[bytes]) -> None:
-    if child.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(child.pid, signal.SIGTERM)
-    try:
-        child.wait(timeout=_STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
-        child.wait(timeout=_STOP_TIMEOUT)
 
 
 def _wait_ready(port: int, child: subprocess.Popen[bytes], stop: threading.Event) -> bool:
@@ -267,10 +257,10 @@ def _wait_ready(port: int, child: subprocess.Popen[bytes], stop: threading.Event
 def _port_free(port: int, *, connect: bool = False) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         if connect:
-            return sock.connect_ex((_HOST, port)) != 0
+            return sock.connect_ex((LOOPBACK, port)) != 0
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do
         try:
-            sock.bind((_HOST, port))
+            sock.bind((LOOPBACK, port))
         except OSError:
             return False
         return True

@@ -20,6 +20,7 @@ import os
 import sys
 from typing import Any
 
+from ._tooling import EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE, LOOPBACK
 from .deferred import set_log_level
 
 __all__ = ["load_app", "main"]
@@ -41,7 +42,12 @@ def load_app(spec: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serves the app until interrupted; returns the exit code."""
+    """Serves the app until interrupted.
+
+    Returns:
+        The exit code: 0 when stopped, 1 if the app cannot be loaded, 3 if werkzeug
+        is not installed (argparse exits 2 on a usage error).
+    """
     parser = argparse.ArgumentParser(prog="python -m cloudtasks_deferred.devserver")
     parser.add_argument("app", help="the WSGI app as MODULE:ATTRIBUTE, e.g. main:app")
     parser.add_argument("--port", type=int, default=8080)
@@ -61,16 +67,16 @@ def main(argv: list[str] | None = None) -> int:
             "the dev server needs werkzeug: pip install 'cloudtasks-deferred[flask]'",
             file=sys.stderr,
         )
-        return 3
+        return EXIT_UNAVAILABLE
     os.chdir(args.app_dir)
     sys.path.insert(0, os.getcwd())
     try:
         app = load_app(args.app)
     except (ImportError, ValueError) as exc:
         print(f"cannot load {args.app}: {exc}", file=sys.stderr)
-        return 1
-    run_simple("127.0.0.1", args.port, app, threaded=True, use_reloader=False)
-    return 0
+        return EXIT_FAILURE
+    run_simple(LOOPBACK, args.port, app, threaded=True, use_reloader=False)
+    return EXIT_OK
 
 
 if __name__ == "__main__":

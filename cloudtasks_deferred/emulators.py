@@ -9,7 +9,9 @@
   found next to ``gcloud``; it is not installable from a package registry.
 
 Both pick a free port when given 0, wait until they answer, and stop their whole
-process group on :meth:`stop` or at the end of a ``with`` block.
+process group on :meth:`stop`, at the end of a ``with`` block, and when starting
+fails or is interrupted (Ctrl-C): each runs in a session of its own, which a
+terminal's Ctrl-C does not reach, so nothing else would stop it.
 """
 
 from __future__ import annotations
@@ -30,9 +32,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-__all__ = ["CloudTasksEmulator", "DatastoreEmulator", "EmulatorUnavailableError", "free_port"]
+from ._tooling import LOOPBACK
 
-_HOST = "127.0.0.1"
+__all__ = [
+    "CloudTasksEmulator",
+    "DatastoreEmulator",
+    "EmulatorUnavailableError",
+    "free_port",
+    "stop_process_group",
+]
+
+_STOP_TIMEOUT = 10.0  # seconds for a process group to exit after SIGTERM, then SIGKILL
 
 
 class EmulatorUnavailableError(RuntimeError):
@@ -42,9 +52,35 @@ class EmulatorUnavailableError(RuntimeError):
 def free_port() -> int:
     """Returns a TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_HOST, 0))
+        sock.bind((LOOPBACK, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def stop_process_group(process: subprocess.Popen[bytes], timeout: float = _STOP_TIMEOUT) -> None:
+    """Stops a child started with ``start_new_session=True``, and its children.
+
+    Sends SIGTERM to its process group, then SIGKILL if it is still running after
+    ``timeout`` seconds. Does nothing if the child has already exited (its process
+    ID may be in use by another process by then).
+
+    Args:
+        process: The child, leader of its own process group.
+        timeout: Seconds to wait after each signal.
+
+    Raises:
+        subprocess.TimeoutExpired: It survived SIGKILL for ``timeout`` seconds.
+    """
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout)
 
 
 class _Process:
@@ -61,7 +97,7 @@ class _Process:
     @property
     def host(self) -> str:
         """``127.0.0.1:PORT``."""
-        return f"{_HOST}:{self.port}"
+        return f"{LOOPBACK}:{self.port}"
 
     def _command(self) -> Sequence[str]:
         raise NotImplementedError
@@ -72,41 +108,44 @@ class _Process:
     def start(self, timeout: float = 60.0) -> Self:
         """Starts the process and waits until it answers.
 
+        Whatever ends the wait early — an error, Ctrl-C (``KeyboardInterrupt``) —
+        stops the process before it propagates.
+
         Raises:
             EmulatorUnavailableError: It is missing, exited, or did not answer in time.
         """
-        self._process = subprocess.Popen(  # noqa: S603 - argv built here, no shell
-            self._command(),
-            stdout=self._log or subprocess.DEVNULL,
-            stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=self._cwd,
-        )
+        try:
+            self._process = subprocess.Popen(  # noqa: S603 - argv built here, no shell
+                self._command(),
+                stdout=self._log or subprocess.DEVNULL,
+                stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self._cwd,
+            )
+            self._wait_ready(self._process, timeout)
+        except BaseException:
+            # Its own session: a terminal's Ctrl-C never reaches it, so stop it here.
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, process: subprocess.Popen[bytes], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            code = self._process.poll()
+            code = process.poll()
             if code is not None:
                 raise EmulatorUnavailableError(f"the {self.name} exited with status {code}")
             if self._ready():
-                return self
+                return
             time.sleep(0.1)
-        self.stop()
         raise EmulatorUnavailableError(f"the {self.name} did not answer within {timeout:.0f} s")
 
     def stop(self) -> None:
         """Stops the process and its children (idempotent)."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        if process is not None:
+            stop_process_group(process)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -157,7 +196,7 @@ class CloudTasksEmulator(_Process):
 
     def _ready(self) -> bool:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            return sock.connect_ex((_HOST, self.port)) == 0
+            return sock.connect_ex((LOOPBACK, self.port)) == 0
 
     @staticmethod
     def available(python: str | None = None) -> bool:
@@ -203,7 +242,8 @@ class DatastoreEmulator(_Process):
         """Starts the emulator in a directory of its own, and waits until it answers.
 
         Its queries write ``WEB-INF/appengine-generated/datastore-indexes-auto.xml``
-        into its working directory: a temporary one, not the caller's project.
+        into its working directory: a temporary one, not the caller's project,
+        removed by :meth:`stop` — which a failed or interrupted start calls too.
 
         Raises:
             EmulatorUnavailableError: It is missing, exited, or did not answer in time.
@@ -219,10 +259,12 @@ class DatastoreEmulator(_Process):
 
     def stop(self) -> None:
         """Stops the emulator and removes its directory (idempotent)."""
-        super().stop()
-        workdir, self._workdir = self._workdir, None
-        if workdir is not None:
-            workdir.cleanup()
+        try:
+            super().stop()
+        finally:
+            workdir, self._workdir = self._workdir, None
+            if workdir is not None:
+                workdir.cleanup()
 
     @property
     def env(self) -> dict[str, str]:
@@ -248,7 +290,7 @@ class DatastoreEmulator(_Process):
                 "google-cloud-cli-datastore-emulator package)"
             )
         return [
-            str(script), "start", f"--host={_HOST}", f"--port={self.port}",
+            str(script), "start", f"--host={LOOPBACK}", f"--port={self.port}",
             f"--consistency={self.consistency}", "--store_on_disk=false",
         ]  # fmt: skip
 

@@ -18,6 +18,7 @@ Layout, integers big-endian::
 :func:`decode` checks, in this order, the header, the signature (in constant time,
 before anything else is parsed), the metadata, and decompresses with a bound on
 the result, so that neither a forged frame nor a compression bomb gets further.
+:func:`read_header` reads the header alone, verifying nothing (for tools).
 A bare pickle (protocol 2 or later, what the legacy ``serialize`` returned) is
 accepted as an unsigned, unframed body.
 """
@@ -41,13 +42,16 @@ __all__ = [
     "FLAG_SIGNED",
     "MAGIC",
     "MAX_PICKLE_BYTES",
+    "MIN_SECRET_BYTES",
     "DecodedFrame",
+    "FrameHeader",
     "InvalidPayloadError",
     "PayloadSignatureError",
     "SigningKey",
     "UnsupportedPayloadError",
     "decode",
     "encode",
+    "read_header",
 ]
 
 MAGIC: Final = b"\x89CTD"
@@ -132,6 +136,63 @@ class DecodedFrame:
     compressed: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class FrameHeader:
+    """A frame's header, as :func:`read_header` reads it: nothing in it is verified.
+
+    Attributes:
+        version: The frame's version.
+        flags: :data:`FLAG_COMPRESSED` and :data:`FLAG_SIGNED` bits.
+        key_id: The key ID a signed frame names, **unverified**; ``None`` if unsigned.
+        metadata_start: Offset of the metadata: past the header, key ID and MAC.
+        metadata_length: The metadata's length in bytes, as the header states it
+            (not checked against the data's length).
+    """
+
+    version: int
+    flags: int
+    key_id: str | None
+    metadata_start: int
+    metadata_length: int
+
+
+def read_header(data: bytes) -> FrameHeader | None:
+    """Reads a frame's header without verifying its signature or parsing anything else.
+
+    Args:
+        data: A task body.
+
+    Returns:
+        The header; ``None`` if ``data`` is not a frame (a bare pickle, or not a
+        payload at all: :func:`decode` tells them apart).
+
+    Raises:
+        InvalidPayloadError: The header, key ID or MAC is truncated.
+        UnsupportedPayloadError: The frame's version or flags are newer than this
+            code, which then cannot know the header's layout.
+    """
+    if not data.startswith(MAGIC):
+        return None
+    if len(data) < _HEADER.size:
+        raise InvalidPayloadError("the payload frame is truncated")
+    _, version, flags, meta_len = _HEADER.unpack_from(data)
+    if version != VERSION or flags & ~_KNOWN_FLAGS:
+        raise UnsupportedPayloadError(
+            f"payload frame version {version} with flags {flags:#04x} needs a newer "
+            "cloudtasks_deferred than this deployment runs"
+        )
+    if not flags & FLAG_SIGNED:
+        return FrameHeader(version, flags, None, _HEADER.size, meta_len)
+    key_id_start = _HEADER.size + 1
+    if len(data) < key_id_start:
+        raise InvalidPayloadError("the payload frame is truncated")
+    key_id_end = key_id_start + data[_HEADER.size]
+    if len(data) < key_id_end + _MAC_BYTES:
+        raise InvalidPayloadError("the payload frame is truncated")
+    key_id = data[key_id_start:key_id_end].decode("ascii", errors="replace")
+    return FrameHeader(version, flags, key_id, key_id_end + _MAC_BYTES, meta_len)
+
+
 def encode(
     pickled: bytes,
     metadata: Mapping[str, Any] | None = None,
@@ -186,55 +247,38 @@ def decode(
         InvalidPayloadError: The body is malformed or inflates too far.
         UnsupportedPayloadError: The frame's version or flags are newer than this code.
     """
-    if not data.startswith(MAGIC):
+    header = read_header(data)
+    if header is None:
         if require_signature:
             raise PayloadSignatureError("the payload is not signed")
         if data[:1] == bytes([_PICKLE_PROTO]):
             return DecodedFrame(metadata={}, pickled=data)
         raise InvalidPayloadError("the body is not a deferred task payload")
-    if len(data) < _HEADER.size:
-        raise InvalidPayloadError("the payload frame is truncated")
-    _, version, flags, meta_len = _HEADER.unpack_from(data)
-    if version != VERSION or flags & ~_KNOWN_FLAGS:
-        raise UnsupportedPayloadError(
-            f"payload frame version {version} with flags {flags:#04x} needs a newer "
-            "cloudtasks_deferred than this deployment runs"
-        )
-    position = _HEADER.size
     key_id = None
-    if flags & FLAG_SIGNED:
-        key_id, position = _check_signature(data, keys, position)
+    if header.key_id is not None:
+        if keys is not None:
+            _check_signature(data, header, keys)
+            key_id = header.key_id
     elif require_signature:
         raise PayloadSignatureError("the payload is not signed")
-    meta_end = position + meta_len
+    meta_end = header.metadata_start + header.metadata_length
     if len(data) < meta_end:
         raise InvalidPayloadError("the payload frame is truncated")
-    metadata = _metadata(data[position:meta_end])
+    metadata = _metadata(data[header.metadata_start : meta_end])
     body = data[meta_end:]
-    compressed = bool(flags & FLAG_COMPRESSED)
+    compressed = bool(header.flags & FLAG_COMPRESSED)
     pickled = _inflate(body, max_pickle_bytes) if compressed else body
     return DecodedFrame(metadata=metadata, pickled=pickled, key_id=key_id, compressed=compressed)
 
 
-def _check_signature(
-    data: bytes, keys: Mapping[str, bytes] | None, position: int
-) -> tuple[str | None, int]:
-    if len(data) < position + 1:
-        raise InvalidPayloadError("the payload frame is truncated")
-    key_id_end = position + 1 + data[position]
-    mac_end = key_id_end + _MAC_BYTES
-    if len(data) < mac_end:
-        raise InvalidPayloadError("the payload frame is truncated")
-    if keys is None:
-        return None, mac_end
-    key_id = data[position + 1 : key_id_end].decode("ascii", errors="replace")
-    secret = keys.get(key_id)
+def _check_signature(data: bytes, header: FrameHeader, keys: Mapping[str, bytes]) -> None:
+    secret = keys.get(header.key_id or "")
     if secret is None:
         raise PayloadSignatureError("the payload is signed with an unknown key")
-    expected = _mac(secret, data[:key_id_end], data[mac_end:])
-    if not hmac.compare_digest(expected, data[key_id_end:mac_end]):
+    mac_start = header.metadata_start - _MAC_BYTES
+    expected = _mac(secret, data[:mac_start], data[header.metadata_start :])
+    if not hmac.compare_digest(expected, data[mac_start : header.metadata_start]):
         raise PayloadSignatureError("the payload signature does not verify")
-    return key_id, mac_end
 
 
 def _mac(secret: bytes, *parts: bytes) -> bytes:

@@ -60,10 +60,14 @@ def deferred_task(request: FunctionRequest) -> FunctionResponse:
         request: The function's request (a Flask ``Request``).
 
     Returns:
-        ``(body, status, headers)`` as the WSGI handler answers: 200 when the task
-        ran (or failed permanently), 408 to retry a ``SingularTaskFailure``, 500
-        when it raised, 403 for a caller that is not authenticated, 405 for a
-        method other than POST, 413 for a body over the 1 MB task limit.
+        ``(body, status, headers)`` as the WSGI handler answers (the table in
+        :mod:`cloudtasks_deferred.handler`): 200 when the task ran, failed
+        permanently or used up its ``_retry_options``; 408 to retry a
+        ``SingularTaskFailure``; 500 when it raised; 403 for a caller that is not
+        authenticated or a payload refused before unpickling; 503 while tokens
+        cannot be verified (no certificates); 405 for a method other than POST;
+        413 for a body over the 1 MB task limit; 400 for a malformed
+        ``Content-Length`` or a truncated body.
     """
     return _answer(Handler(), request)
 

@@ -21,17 +21,16 @@ import dataclasses
 import io
 import json
 import pickletools
-import struct
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from .frame import (
     FLAG_COMPRESSED,
     FLAG_SIGNED,
-    MAGIC,
     InvalidPayloadError,
     UnsupportedPayloadError,
     decode,
+    read_header,
 )
 from .pickle_reader import (
     Global,
@@ -47,10 +46,6 @@ __all__ = ["MAX_INPUT_BYTES", "InspectError", "Inspection", "format_inspection",
 
 #: Largest input accepted, in bytes: a task is at most 1 MB, its JSON about 1.4 MB.
 MAX_INPUT_BYTES: Final = 8 * 1024 * 1024
-
-# The frame header as documented in cloudtasks_deferred.frame: magic, version,
-# flags, metadata length; a signed frame continues with the key ID's length and ID.
-_HEADER: Final = struct.Struct(">4sBBH")
 _INVOKE_MEMBER: Final = frozenset({
     Global("cloudtasks_deferred.payload", "invoke_member"),
     Global("google.appengine.ext.deferred.deferred", "invoke_member"),
@@ -128,18 +123,18 @@ def inspect_input(data: bytes) -> Inspection:
         data, task = _body_from_task_json(data)
     try:
         frame = decode(data, keys=None)
+        header = read_header(data)
     except (InvalidPayloadError, UnsupportedPayloadError) as exc:
         raise InspectError(str(exc)) from exc
-    version, flags, key_id = _header(data)
     try:
         structure = read(frame.pickled)
     except UnreadablePickleError as exc:
         raise InspectError(f"the payload is not a readable pickle: {exc}") from exc
     return Inspection(
         task=task,
-        frame_version=version,
-        flags=flags,
-        key_id=key_id,
+        frame_version=None if header is None else header.version,
+        flags=0 if header is None else header.flags,
+        key_id=None if header is None else header.key_id,
         metadata=frame.metadata,
         pickle_size=len(frame.pickled),
         structure=structure,
@@ -176,17 +171,6 @@ def _body_from_task_json(data: bytes) -> tuple[bytes, tuple[tuple[str, str], ...
     ]
     # Headers are not shown: in dev mode they carry a bearer token.
     return raw, tuple((label, str(value)) for label, value in rows if value is not None)
-
-
-def _header(data: bytes) -> tuple[int | None, int, str | None]:
-    if not data.startswith(MAGIC):
-        return None, 0, None
-    _, version, flags, _ = _HEADER.unpack_from(data)
-    key_id = None
-    if flags & FLAG_SIGNED:
-        start = _HEADER.size + 1
-        key_id = data[start : start + data[_HEADER.size]].decode("ascii", errors="replace")
-    return version, flags, key_id
 
 
 def _call(value: Any) -> Call | None:

@@ -11,6 +11,22 @@ import re
 from datetime import timedelta
 from typing import Final
 
+__all__ = [
+    "APP_ENGINE_DISPATCH_DEADLINE",
+    "DEFAULT_DISPATCH_DEADLINE",
+    "HTTP_DISPATCH_DEADLINE",
+    "MAX_ENTITY_BYTES",
+    "MAX_HEADERS_BYTES",
+    "MAX_SCHEDULE_AHEAD",
+    "MAX_TASK_BYTES",
+    "MAX_TRANSACTION_BYTES",
+    "MAX_UNINDEXED_PROPERTY_BYTES",
+    "QUEUE_ID",
+    "RESERVED_HEADERS",
+    "RESERVED_HEADER_PREFIXES",
+    "TASK_ID",
+]
+
 #: Cloud Tasks rejects tasks over 1 MB (payload, URL and headers together). The
 #: handler refuses bodies above this with 413: Cloud Tasks never sends one.
 MAX_TASK_BYTES: Final = 1024 * 1024

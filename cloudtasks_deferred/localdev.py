@@ -4,7 +4,9 @@ Shared by ``cloudtasks-deferred emulator``, ``cloudtasks-deferred dev`` and the
 repository's ``scripts/demo.py``:
 
 * :func:`queue_ids_from_yaml` and :func:`queue_ids_from_tfvars` read the queue IDs
-  of an App Engine ``queue.yaml`` or of the Terraform module's ``queues`` map;
+  of an App Engine ``queue.yaml`` (by the rules of :mod:`cloudtasks_deferred.queue_yaml`,
+  so locally the queues Terraform would create) or of the Terraform module's
+  ``queues`` map;
 * :func:`start_emulators` starts the Cloud Tasks emulator and the Datastore
   emulator on 127.0.0.1 — or attaches to running ones, creating missing queues;
 * :func:`app_environment` is the environment an app needs to use them in dev mode.
@@ -42,42 +44,39 @@ _QUEUE_TIMEOUT = 10.0  # seconds for a running emulator to create a queue
 
 
 class QueueFileError(ValueError):
-    """A queue file cannot be read or holds no valid queue IDs; the message says why."""
+    """A queue file cannot be read or holds no valid queue IDs; the message says why.
+
+    For a queue.yaml that :func:`cloudtasks_deferred.queue_yaml.convert` refuses, the
+    message is that :class:`~cloudtasks_deferred.queue_yaml.QueueYamlError`'s (its
+    ``__cause__``) after the file's path.
+    """
 
 
 def queue_ids_from_yaml(path: Path) -> list[str]:
-    """Reads the queue IDs of an App Engine ``queue.yaml``, plus ``default``.
+    """Reads the IDs of the queues an App Engine ``queue.yaml`` converts to, and ``default``.
 
-    App Engine always provides the ``default`` queue, so it is included even when
-    the file does not list it. Pull queues (``mode: pull``) are included too: the
-    emulator creates them as ordinary queues.
+    The file is read by :func:`cloudtasks_deferred.queue_yaml.convert`, as
+    ``cloudtasks-deferred queue-yaml`` reads it for Terraform: the same file is
+    refused, and the same queues are created, locally and when deployed. Pull
+    queues (``mode: pull``) are left out, as they are from Terraform's queues;
+    ``default``, which App Engine always provides, is included.
 
     Args:
         path: The ``queue.yaml`` file.
 
     Returns:
-        Queue IDs, ``default`` first, without repeats.
+        Queue IDs, ``default`` first, in file order.
 
     Raises:
-        QueueFileError: The file is missing, not YAML, has no ``queue`` list, or
-            names an invalid queue ID.
+        QueueFileError: The file cannot be read, or ``convert`` refuses it.
     """
-    import yaml
+    from .queue_yaml import QueueYamlError, convert
 
     try:
-        document = yaml.safe_load(_read(path))
-    except yaml.YAMLError as exc:
-        raise QueueFileError(f"{path} is not valid YAML: {exc}") from exc
-    entries = document.get("queue") if isinstance(document, dict) else None
-    if not isinstance(entries, list):
-        raise QueueFileError(f"{path} has no `queue:` list (see App Engine's queue.yaml reference)")
-    names = []
-    for index, entry in enumerate(entries):
-        name = entry.get("name") if isinstance(entry, dict) else None
-        if not isinstance(name, str):
-            raise QueueFileError(f"{path}: queue entry {index + 1} has no `name`")
-        names.append(name)
-    return _valid(["default", *names], path)
+        conversion = convert(_read(path))
+    except QueueYamlError as exc:
+        raise QueueFileError(f"{path}: {exc}") from exc
+    return _valid(["default", *conversion.queues], path)
 
 
 def queue_ids_from_tfvars(path: Path) -> list[str]:

@@ -58,6 +58,7 @@ __all__ = [
     "Placement",
     "enqueue_stored",
     "place",
+    "pointer_body",
     "run_from_datastore",
     "task_bytes",
 ]

@@ -36,6 +36,7 @@ from typing import Final
 
 import yaml
 
+from . import limits
 from .errors import Error
 
 __all__ = ["Conversion", "Queue", "QueueYamlError", "convert", "render_hcl", "render_json"]
@@ -48,7 +49,6 @@ _UNIT_SECONDS: Final = MappingProxyType({"s": 1, "m": 60, "h": 3600, "d": 86400}
 _AMOUNT: Final = r"(\d+(?:\.\d*)?|\.\d+)"
 _RATE: Final = re.compile(_AMOUNT + r"/([smhd])")
 _AGE: Final = re.compile(_AMOUNT + r"([smhd])")
-_QUEUE_ID: Final = re.compile(r"[A-Za-z0-9-]{1,100}")
 #: ``queueinfo.py``: a target is ``service`` or ``version.service`` (gcloud's ``ConvertTarget``).
 _TARGET: Final = re.compile(r"(?:((?!-)[a-z\d-]{1,100})\.)?((?!-)[a-z\d-]{1,63})")
 _HCL_IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -76,7 +76,11 @@ _RETRY_FIELDS: Final = frozenset({"task_retry_limit", "task_age_limit", "max_dou
 
 
 class QueueYamlError(Error, ValueError):
-    """A queue.yaml cannot be converted; the message names the queue, field, value and fix."""
+    """A queue.yaml cannot be converted; the message names the queue, field, value and fix.
+
+    :mod:`cloudtasks_deferred.localdev`, which reads a queue.yaml's queue IDs with
+    :func:`convert`, raises it again as a ``localdev.QueueFileError`` naming the file.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +165,7 @@ def _reject_unknown(where: str, fields: dict[object, object], known: frozenset[s
 def _name(number: int, name: object, seen: dict[str, Queue]) -> str:
     if name is None:
         raise QueueYamlError(f"queue entry #{number} has no name")
-    if not isinstance(name, str) or not _QUEUE_ID.fullmatch(name):
+    if not isinstance(name, str) or not limits.QUEUE_ID.fullmatch(name):
         raise QueueYamlError(
             f"queue entry #{number}: name {name!r} is invalid; expected 1 to 100 letters, "
             "digits or hyphens (a Cloud Tasks queue ID), quoted if YAML reads it as a number"

@@ -36,10 +36,8 @@ from typing import Final
 from .errors import ConfigurationError
 from .frame import MIN_SECRET_BYTES, SigningKey
 
-__all__ = ["ENV_VARIABLE", "parse_signing_keys"]
+__all__ = ["parse_signing_keys"]
 
-#: The variable :meth:`Settings.from_env <cloudtasks_deferred.Settings.from_env>` reads.
-ENV_VARIABLE: Final = "CLOUDTASKS_DEFERRED_SIGNING_KEYS"
 _FORMAT: Final = (
     "expected comma-separated key_id:secret entries, each secret base64url-encoded "
     f"and at least {MIN_SECRET_BYTES} bytes once decoded"
@@ -47,13 +45,15 @@ _FORMAT: Final = (
 
 
 def parse_signing_keys(
-    value: str | None, *, variable: str = ENV_VARIABLE
+    value: str | None, *, variable: str = "the signing keys"
 ) -> tuple[SigningKey, ...]:
     """Parses the signing-keys variable (format in the module docstring).
 
     Args:
         value: The variable's value; ``None`` or blank means no keys.
-        variable: The variable's name, for error messages.
+        variable: Where the value came from, for error messages:
+            :meth:`Settings.from_env <cloudtasks_deferred.Settings.from_env>` passes
+            the variable's name.
 
     Returns:
         The keys, in order: the first signs, all verify. Empty when ``value`` is blank.

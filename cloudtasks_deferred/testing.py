@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import functools
 import io
 from collections.abc import Iterator
 from datetime import UTC
@@ -33,6 +32,7 @@ from urllib.parse import urlsplit
 
 from google.cloud import tasks_v2
 
+from ._memo import once_per_process
 from .auth import authenticator_for
 from .auth.certs import StaticCerts
 from .auth.dev import DevKey, dev_key
@@ -69,7 +69,7 @@ class InMemoryQueue:
     ) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
-        self._key = _signing_key()
+        self._key = _signing_key(None)
         self.transport = InMemoryTransport()
         self._dead_letters = InMemoryDeadLetters()
         self.client = Client(
@@ -225,6 +225,7 @@ def in_memory_queue(
         yield queue
 
 
-@functools.cache
-def _signing_key() -> DevKey:
+@once_per_process
+def _signing_key(_: None) -> DevKey:
+    # One RSA key per process, even when queues are built on several threads at once.
     return DevKey.generate()

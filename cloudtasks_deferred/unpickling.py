@@ -73,7 +73,6 @@ from .payload import invoke_member
 
 __all__ = [
     "DANGEROUS_BUILTINS",
-    "ENV_VARIABLE",
     "INVOKE_MEMBER",
     "LIBRARY_CALLABLES",
     "REFUSED_MODULES",
@@ -83,8 +82,6 @@ __all__ = [
     "check_entries",
 ]
 
-#: The variable :meth:`Settings.from_env <cloudtasks_deferred.Settings.from_env>` reads.
-ENV_VARIABLE: Final = "CLOUDTASKS_DEFERRED_ALLOWED_MODULES"
 #: The library's member-call wrapper (legacy rules 4 and 7), allowed as the task's callable.
 INVOKE_MEMBER: Final = f"{invoke_member.__module__}.{invoke_member.__qualname__}"
 #: The library functions a payload may name, each only as the task's callable.
@@ -347,6 +344,9 @@ def _check_memo_indices(pickled: bytes) -> None:
 
 
 def _refused(full: str) -> DisallowedReferenceError:
+    from .settings import _ENV_NAMES  # the variable's one name; settings imports this module
+
+    variable = _ENV_NAMES["allowed_modules"]
     return DisallowedReferenceError(
-        f"the payload references {full!r}, which {ENV_VARIABLE} does not allow"
+        f"the payload references {full!r}, which {variable} does not allow"
     )

@@ -17,9 +17,12 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.strip() == f"cloudtasks-deferred {__version__}"
 
 
-def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main([]) == 1
-    assert "emulator" in capsys.readouterr().out
+def test_no_command_is_a_usage_error_with_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "usage: cloudtasks-deferred" in captured.err
+    assert "emulator" in captured.err
 
 
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
+import time
 import warnings
 from typing import Any
 
@@ -183,6 +185,41 @@ def test_default_client_reads_the_environment_once(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("CLOUDTASKS_DEFERRED_QUEUE", "second")
     assert current_client() is default_client()
     assert current_client().settings.queue == "first"
+
+
+def test_concurrent_first_calls_build_one_default_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    read = Settings.from_env
+    reads: list[Settings] = []
+
+    def slow_read(cls: type[Settings], *args: Any, **kwargs: Any) -> Settings:
+        time.sleep(0.05)  # widen the window in which a second thread could miss too
+        reads.append(read(*args, **kwargs))
+        return reads[-1]
+
+    monkeypatch.setattr(Settings, "from_env", classmethod(slow_read))
+    start = threading.Barrier(4)
+    got: list[Client] = []
+
+    def first_request() -> None:
+        start.wait()
+        got.append(default_client())
+
+    threads = [threading.Thread(target=first_request) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(got) == 4
+    assert {id(each) for each in got} == {id(default_client())}
+    assert len(reads) == 1
+
+
+def test_a_failed_default_client_is_not_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOUDTASKS_DEFERRED_DEV_MODE", "maybe")
+    with pytest.raises(ConfigurationError):
+        default_client()
+    monkeypatch.delenv("CLOUDTASKS_DEFERRED_DEV_MODE")
+    assert default_client() is default_client()
 
 
 def test_bind_is_scoped_to_the_block() -> None:

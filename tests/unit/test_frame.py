@@ -13,12 +13,14 @@ from cloudtasks_deferred.frame import (
     FLAG_SIGNED,
     MAGIC,
     DecodedFrame,
+    FrameHeader,
     InvalidPayloadError,
     PayloadSignatureError,
     SigningKey,
     UnsupportedPayloadError,
     decode,
     encode,
+    read_header,
 )
 from cloudtasks_deferred.payload import serialize
 from tests import tasks
@@ -149,6 +151,54 @@ def test_malformed_bodies_are_invalid_payloads(body: bytes) -> None:
         decode(body, keys=KEYS)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(MAGIC + b"\x01\x00", id="truncated header"),
+        pytest.param(MAGIC + b"\x01\x02\x00\x00", id="signed without key id"),
+        pytest.param(MAGIC + b"\x01\x02\x00\x00\x02k1" + b"\x00" * 5, id="truncated mac"),
+    ],
+)
+def test_truncated_headers_are_invalid_payloads(body: bytes) -> None:
+    with pytest.raises(InvalidPayloadError, match="truncated"):
+        read_header(body)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_read_header_of_an_unsigned_frame(compress: bool) -> None:
+    body = encode(PICKLED, {"retry": {"task_retry_limit": 2}}, compress=compress)
+    header = read_header(body)
+    assert header == FrameHeader(
+        version=1,
+        flags=FLAG_COMPRESSED if compress else 0,
+        key_id=None,
+        metadata_start=8,
+        metadata_length=len(b'{"retry":{"task_retry_limit":2}}'),
+    )
+    metadata_end = header.metadata_start + header.metadata_length
+    assert body[header.metadata_start : metadata_end] == b'{"retry":{"task_retry_limit":2}}'
+
+
+def test_read_header_names_the_key_without_verifying_it() -> None:
+    body = bytearray(encode(PICKLED, {"t0": 1}, compress=True, signing_key=KEY))
+    body[-1] ^= 1  # the signature no longer verifies: read_header does not look
+    header = read_header(bytes(body))
+    assert header == FrameHeader(
+        version=1,
+        flags=FLAG_COMPRESSED | FLAG_SIGNED,
+        key_id="k1",
+        metadata_start=8 + 1 + 2 + 32,
+        metadata_length=len(b'{"t0":1}'),
+    )
+    with pytest.raises(PayloadSignatureError):
+        decode(bytes(body), keys=KEYS)
+
+
+@pytest.mark.parametrize("body", [PICKLED, b"", b"hello"], ids=["bare pickle", "empty", "text"])
+def test_read_header_of_what_is_not_a_frame_is_none(body: bytes) -> None:
+    assert read_header(body) is None
+
+
 def test_invalid_payloads_are_permanent_failures() -> None:
     assert issubclass(InvalidPayloadError, PermanentTaskFailure)
 
@@ -158,6 +208,8 @@ def test_newer_frames_are_retryable(version: int, flags: int) -> None:
     body = struct.pack(">4sBBH", MAGIC, version, flags, 0) + PICKLED
     with pytest.raises(UnsupportedPayloadError, match="newer"):
         decode(body)
+    with pytest.raises(UnsupportedPayloadError, match="newer"):
+        read_header(body)  # its layout is unknown too
     assert not issubclass(UnsupportedPayloadError, PermanentTaskFailure)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import subprocess
 import sys
 import types
@@ -15,6 +16,7 @@ from werkzeug.test import EnvironBuilder
 from cloudtasks_deferred import Client
 from cloudtasks_deferred.frame import encode
 from cloudtasks_deferred.functions import deferred_task, task_function
+from cloudtasks_deferred.handler import Outcome, response_for
 from cloudtasks_deferred.payload import serialize
 from tests import tasks
 from tests.oidc import Issuer
@@ -102,3 +104,12 @@ def test_importing_it_loads_neither_flask_nor_functions_framework() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == ""
+
+
+def test_the_docstring_names_every_status_the_handler_answers() -> None:
+    statuses = {response_for(outcome)[1] for outcome in Outcome}
+    doc = deferred_task.__doc__ or ""
+    assert (
+        sorted(status.value for status in statuses if not re.search(rf"\b{status.value}\b", doc))
+        == []
+    )

@@ -17,6 +17,7 @@ from cloudtasks_deferred.localdev import (
     queue_ids_from_tfvars,
     queue_ids_from_yaml,
 )
+from cloudtasks_deferred.queue_yaml import QueueYamlError, convert
 
 QUEUE_YAML = """\
 queue:
@@ -26,7 +27,7 @@ queue:
     task_retry_limit: 3
 - name: reports-2
   mode: pull
-- name: mail
+- name: batch
   rate: 1/s
 """
 
@@ -37,24 +38,53 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
-def test_queue_yaml_names_plus_the_default_queue(tmp_path: Path) -> None:
+def test_queue_yaml_push_queues_plus_the_default_queue(tmp_path: Path) -> None:
     path = write(tmp_path, "queue.yaml", QUEUE_YAML)
-    assert queue_ids_from_yaml(path) == ["default", "mail", "reports-2"]
+    assert queue_ids_from_yaml(path) == ["default", "mail", "batch"]
+
+
+def test_queue_yaml_gives_the_queues_terraform_would_create(tmp_path: Path) -> None:
+    path = write(tmp_path, "queue.yaml", QUEUE_YAML + "- name: default\n  rate: 2/s\n")
+    ids = queue_ids_from_yaml(path)
+    assert ids == ["default", "mail", "batch"]  # default first; reports-2 is a pull queue
+    assert sorted(ids) == sorted(convert(path.read_text()).queues)
 
 
 @pytest.mark.parametrize(
-    ("text", "message"),
+    "text",
     [
-        ("queue: [", "not valid YAML"),
-        ("total_storage_limit: 1G\n", "no `queue:` list"),
-        ("- name: x\n", "no `queue:` list"),
-        ("queue:\n- rate: 5/s\n", "queue entry 1 has no `name`"),
-        ("queue:\n- name: under_score\n", "'under_score' is not a Cloud Tasks queue ID"),
+        "queue: [",
+        "total_storage_limit: 1G\n",
+        "- name: x\n",
+        "queue:\n- rate: 5/s\n",
+        "queue:\n- name: under_score\n  rate: 5/s\n",
+        "queue:\n- name: mail\n  rate: 5/s\n- name: mail\n  rate: 1/s\n",
+        "queue:\n- name: mail\n  rate: fast\n",
+        "queue:\n- name: mail\n",
+        "queue:\n- name: mail\n  rate: 5/s\n  colour: blue\n",
+    ],
+    ids=[
+        "not yaml",
+        "no queue list",
+        "not a mapping",
+        "no name",
+        "bad name",
+        "twice",
+        "bad rate",
+        "no rate",
+        "unknown field",
     ],
 )
-def test_bad_queue_yaml_says_why(tmp_path: Path, text: str, message: str) -> None:
-    with pytest.raises(QueueFileError, match=message):
-        queue_ids_from_yaml(write(tmp_path, "queue.yaml", text))
+def test_a_queue_yaml_that_does_not_convert_is_refused_with_the_converters_message(
+    tmp_path: Path, text: str
+) -> None:
+    path = write(tmp_path, "queue.yaml", text)
+    with pytest.raises(QueueYamlError) as expected:
+        convert(text)
+    with pytest.raises(QueueFileError) as caught:
+        queue_ids_from_yaml(path)
+    assert str(caught.value) == f"{path}: {expected.value}"
+    assert isinstance(caught.value.__cause__, QueueYamlError)
 
 
 def test_tfvars_queue_map_keys(tmp_path: Path) -> None:
@@ -88,7 +118,7 @@ def test_queue_ids_combine_names_and_files(tmp_path: Path) -> None:
     tfvars = write(tmp_path, "q.json", json.dumps({"queues": {"jobs": {}, "mail": {}}}))
     assert queue_ids() == ["default"]
     assert queue_ids(["a"]) == ["a"]
-    assert queue_ids(["a"], yaml_file, tfvars) == ["a", "default", "mail", "reports-2", "jobs"]
+    assert queue_ids(["a"], yaml_file, tfvars) == ["a", "default", "mail", "batch", "jobs"]
     with pytest.raises(QueueFileError, match="'a b' is not"):
         queue_ids(["a b"])
 

@@ -61,6 +61,14 @@ def test_secret_encodings(encoded: str) -> None:
     assert parse_signing_keys(f"k:{encoded}") == (SigningKey("k", SECRET_2),)
 
 
+def test_a_value_parsed_directly_is_named_as_the_caller_says() -> None:
+    # For keys read from elsewhere than the variable (SECURITY.md: Secret Manager).
+    with pytest.raises(ConfigurationError, match=r"^the signing keys, entry 2: "):
+        parse_signing_keys(f"new:{b64url(SECRET_2)},old")
+    with pytest.raises(ConfigurationError, match=r"^secret task-keys, entry 1: "):
+        parse_signing_keys("old", variable="secret task-keys")
+
+
 @pytest.mark.parametrize("value", [None, "", " ", " , "])
 def test_blank_means_no_keys(value: str | None) -> None:
     assert parse_signing_keys(value) == ()

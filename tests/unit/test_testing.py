@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from http import HTTPStatus
 from typing import Any
 
 import pytest
 from google.cloud import tasks_v2
 
-from cloudtasks_deferred import Handler, Settings, TaskAlreadyExistsError, deferred
+from cloudtasks_deferred import Handler, Settings, TaskAlreadyExistsError, deferred, testing
 from cloudtasks_deferred.enqueue import build_task
 from cloudtasks_deferred.options import split_options
 from cloudtasks_deferred.settings import Platform
@@ -168,3 +169,21 @@ def test_defer_outside_the_block_does_not_land_in_the_queue() -> None:
 def test_max_attempts_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_attempts must be >= 1"):
         InMemoryQueue(TEST_SETTINGS, max_attempts=0)
+
+
+def test_queues_built_at_once_on_threads_share_one_signing_key() -> None:
+    testing._signing_key.cache_clear()  # type: ignore[attr-defined]
+    start = threading.Barrier(4)
+    queues: list[InMemoryQueue] = []
+
+    def build() -> None:
+        start.wait()
+        queues.append(InMemoryQueue(TEST_SETTINGS))
+
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(queues) == 4
+    assert len({id(queue._key) for queue in queues}) == 1
