@@ -41,6 +41,7 @@ from .pickle_reader import (
     read,
     render,
 )
+from .retry import LIMITS_KEY, STARTED_KEY
 
 __all__ = ["MAX_INPUT_BYTES", "InspectError", "Inspection", "format_inspection", "inspect_input"]
 
@@ -251,11 +252,11 @@ def _frame_rows(inspection: Inspection) -> list[tuple[str, str]]:
         rows.append(("signed with", key))
     metadata = dict(inspection.metadata)
     lines = []
-    retry = metadata.pop("retry", None)
+    retry = metadata.pop(LIMITS_KEY, None)
     if isinstance(retry, dict):
         limits = ", ".join(f"{key}={value}" for key, value in retry.items())
         lines.append(f"retry limits: {limits}")
-    start = metadata.pop("t0", None)
+    start = metadata.pop(STARTED_KEY, None)
     if isinstance(start, (int, float)) and not isinstance(start, bool):
         when = datetime.fromtimestamp(start, UTC).isoformat(timespec="seconds")
         lines.append(f"task age counted from {when}")

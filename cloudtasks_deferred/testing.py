@@ -33,13 +33,13 @@ from urllib.parse import urlsplit
 from google.cloud import tasks_v2
 
 from ._memo import once_per_process
+from ._wsgi import WSGIApp
 from .auth import authenticator_for
 from .auth.certs import StaticCerts
 from .auth.dev import DevKey, dev_key
 from .client import Client
 from .deadletters import DeadLetter, InMemoryDeadLetters
 from .handler import Handler
-from .middleware import WSGIApp
 from .settings import Settings
 from .transports.memory import InMemoryTransport
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -60,6 +61,10 @@ def send_socket(port: int, request: Request, timeout: float = 30.0) -> Response:
             sock.shutdown(socket.SHUT_WR)  # a body shorter than its length ends here
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server answered without reading everything: read that answer
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                raise
+            # ... and had already closed its side when we shut down ours.
         while True:
             try:
                 chunk = sock.recv(65536)
