@@ -6,10 +6,7 @@ import dataclasses
 import datetime
 import importlib.util
 import pickle
-import sys
-import types
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,41 +15,13 @@ from cloudtasks_deferred import Client, Handler, deferred
 from cloudtasks_deferred.frame import SigningKey
 from cloudtasks_deferred.payload import LEGACY_NAMES, invoke_member, load_call, run
 from cloudtasks_deferred.unpickling import Allowlist, DisallowedReferenceError
+from tests.legacy import LEGACY_MODULE, legacy_library, legacy_task
 from tests.oidc import Issuer
 from tests.security import allowed_tasks
 from tests.tasks import RECORDER
 from tests.wsgi import call, environ
 
-LEGACY_MODULE = "google.appengine.ext.deferred.deferred"
 ALLOWED = Allowlist(["tests.security.allowed_tasks"])
-
-
-@contextmanager
-def legacy_library() -> Iterator[types.ModuleType]:
-    """Stand-ins for the legacy module, present only while a test pickles with them.
-
-    The pickler checks that a function is importable under its name; once the block
-    ends, ``google.appengine`` is gone again, as after the migration.
-    """
-    module = types.ModuleType(LEGACY_MODULE)
-    for name in ("invoke_member", "run_from_datastore", "defer"):
-
-        def stand_in(*args: Any, **kwargs: Any) -> Any:
-            raise AssertionError("the legacy library's code never runs")
-
-        stand_in.__module__, stand_in.__name__, stand_in.__qualname__ = LEGACY_MODULE, name, name
-        setattr(module, name, stand_in)
-    sys.modules[LEGACY_MODULE] = module
-    try:
-        yield module
-    finally:
-        del sys.modules[LEGACY_MODULE]
-
-
-def legacy_task(name: str, *args: Any, protocol: int = pickle.HIGHEST_PROTOCOL) -> bytes:
-    """``(deferred.<name>, args, {})`` as the bundled-services library pickled it."""
-    with legacy_library() as module:
-        return pickle.dumps((getattr(module, name), args, {}), protocol=protocol)
 
 
 def test_google_appengine_is_not_installed() -> None:
