@@ -171,9 +171,11 @@ def describe_callable(func: Callable[..., Any], args: tuple[Any, ...] = ()) -> s
     Returns:
         ``"module.qualname"``, or ``"module.Class.member"`` for a member call.
     """
-    if func is invoke_member and len(args) >= 2 and isinstance(args[1], str):
+    member = args[1] if len(args) >= 2 else None
+    # The member's name only when it is a name: any other string could be data.
+    if func is invoke_member and isinstance(member, str) and member.isidentifier():
         target = args[0] if isinstance(args[0], type) else type(args[0])
-        return f"{_qualified_name(target)}.{args[1]}"
+        return f"{_qualified_name(target)}.{member}"
     return _qualified_name(func)
 
 

@@ -204,3 +204,10 @@ def test_a_stored_payloads_key_argument_is_not_quoted_when_invalid() -> None:
     # A logged traceback shows no cause (whose text could quote the value).
     assert caught.value.__cause__ is None
     assert caught.value.__suppress_context__
+
+
+def test_describe_callable_names_only_a_member_that_is_a_name() -> None:
+    job = tasks.Counter(1)
+    assert describe_callable(invoke_member, (job, "add")) == "tests.tasks.Counter.add"
+    shown = describe_callable(invoke_member, (job, "password=hunter2\nforged log line"))
+    assert shown == "cloudtasks_deferred.payload.invoke_member"
