@@ -195,7 +195,8 @@ _ENTRY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 class DisallowedReferenceError(PayloadRefusedError):
-    """The pickle names code outside the allowlist; its module was not imported."""
+    """The pickle names code outside the allowlist (its module was not imported), or would
+    modify an object it did not create (nothing was modified)."""
 
 
 def check_entries(entries: Iterable[str]) -> None:
