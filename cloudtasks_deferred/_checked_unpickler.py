@@ -10,8 +10,8 @@ check before they act, on the real objects; the C unpickler offers no such hook.
 * ``BUILD`` (set an object's state), ``SETITEM(S)``, ``APPEND(S)`` and ``ADDITEMS``
   are refused, **before they change anything**, when their target is an object
   ``resolve`` returned during this load, or any class, module, function, method,
-  descriptor, code object or partial wherever it came from: a pickle may fill in
-  only objects it creates.
+  descriptor or code object wherever it came from: a pickle may fill in only objects
+  it creates (a ``functools.partial`` it made, say, whose state ``BUILD`` restores).
 * Forged sizes cost no memory: the memo is a dict (the C unpickler sizes an array by
   the largest index), and ``BYTEARRAY8`` reads its bytes before allocating.
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import _compat_pickle
 import copyreg
-import functools
 import pickle
 import struct
 import types
@@ -51,7 +50,6 @@ _NEVER_FILLED_IN: Final = (
     staticmethod,
     classmethod,
     property,
-    functools.partial,
 )
 
 

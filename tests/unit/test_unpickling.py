@@ -8,6 +8,7 @@ import copyreg
 import dataclasses
 import datetime
 import decimal
+import functools
 import pickle
 import sys
 import tracemalloc
@@ -503,6 +504,14 @@ def test_objects_the_pickle_creates_are_filled_in_as_before(protocol: int) -> No
     _, (loaded,), _ = loads(pickle.dumps((allowed_tasks.noop, (values,), {}), protocol))
     assert vars(loaded[0]) == vars(job)
     assert loaded[1:] == values[1:]
+
+
+def test_a_partial_the_pickle_makes_is_filled_in_when_listed() -> None:
+    # A partial pickles as partial(func) then BUILD (func, args, keywords, dict).
+    allowlist = Allowlist([ALLOWED_TASKS, "functools.partial"])
+    made = functools.partial(allowed_tasks.record, "bound", extra=1)
+    _, (loaded,), _ = loads(serialize(allowed_tasks.noop, made), allowlist)
+    assert (loaded.func, loaded.args, loaded.keywords) == (made.func, made.args, made.keywords)
 
 
 def test_extension_codes_go_through_the_allowlist_not_copyregs_cache() -> None:
