@@ -184,7 +184,10 @@ def build_task(
         task.name = f"{parent}/tasks/{options.name}"
     if options.schedule_time is not None:
         _set_timestamp(task.schedule_time, options.schedule_time)
-    headers = {"Content-Type": CONTENT_TYPE, **options.headers}
+    # Header names are case-insensitive: a Content-Type in any case replaces ours.
+    custom_type = any(name.lower() == "content-type" for name in options.headers)
+    headers = {} if custom_type else {"Content-Type": CONTENT_TYPE}
+    headers.update(options.headers)
 
     if options.is_absolute_url or settings.base_url:
         _check_deadline(options.dispatch_deadline, limits.HTTP_DISPATCH_DEADLINE, "HTTP")

@@ -79,7 +79,8 @@ def task_function(
 
     Assign it to a module-level name in ``main.py`` to use it as a target::
 
-        deferred_task = task_function(settings=Settings(location="us-central1", ...))
+        settings = dataclasses.replace(Settings.from_env(), location="us-central1")
+        deferred_task = task_function(settings=settings)
 
     Args:
         settings: Configuration for the handler and for ``defer`` in its tasks.

@@ -52,7 +52,8 @@ class TaskOptions:
         target: App Engine ``[[instance.]version.]service`` to route to.
         url: Relative path (appended to the base URL, or an App Engine
             ``relative_uri``) or absolute ``http(s)`` URL of an HTTP task.
-        headers: Extra request headers, merged over ``Content-Type``.
+        headers: Extra request headers (no two names equal ignoring case), merged
+            over the default ``Content-Type``: one given in any case replaces it.
         queue: Queue ID; ``None`` uses the settings' default queue.
         transactional: Enqueue only if the surrounding NDB transaction commits.
         retry_options: Per-task retry limits.
@@ -99,16 +100,18 @@ def split_options(
     if not any(key[:1] == "_" for key in kwargs):
         return _DEFAULTS, dict(kwargs)
     call_kwargs = {k: v for k, v in kwargs.items() if not k.startswith("_")}
-    raw = {k: v for k, v in kwargs.items() if k.startswith("_") and v is not None}
-    for key in raw.keys() - set(OPTION_NAMES):
+    # Names are checked before None values are dropped: _countdwn=None is a typo too.
+    for key in sorted(k for k in kwargs if k.startswith("_") and k not in OPTION_NAMES):
         import difflib
 
         hint = difflib.get_close_matches(key, OPTION_NAMES, n=1)
-        suggestion = f"; did you mean {hint[0]}?" if hint else ""
+        suggestion = f"; did you mean {hint[0]}?" if hint else "."
+        # Never the value: a mistyped option may be an argument holding a secret.
         raise TypeError(
-            f"defer() got an unknown option {key}={raw[key]!r}{suggestion} Keyword arguments "
+            f"defer() got an unknown option {key}{suggestion} Keyword arguments "
             f"starting with '_' are reserved for options: {', '.join(OPTION_NAMES)}."
         )
+    raw = {k: v for k, v in kwargs.items() if k.startswith("_") and v is not None}
     if "_countdown" in raw and "_eta" in raw:
         raise ValueError("defer() got both _countdown and _eta; pass one of them")
     schedule_time = None
@@ -205,11 +208,24 @@ def _headers(value: object) -> dict[str, str]:
     if not isinstance(value, Mapping):
         raise TypeError(f"_headers must be a mapping of str to str, got {type(value).__name__}")
     headers: dict[str, str] = {}
+    seen: set[str] = set()
     for name, header_value in value.items():
-        if not isinstance(name, str) or not isinstance(header_value, str):
-            raise TypeError(f"_headers must map str to str, got {name!r}: {header_value!r}")
+        # Errors name the header, never its value (it may be a credential).
+        if not isinstance(name, str):
+            raise TypeError(
+                f"_headers must map str to str, got a name of type {type(name).__name__}"
+            )
+        if not isinstance(header_value, str):
+            raise TypeError(
+                f"_headers must map str to str, got {type(header_value).__name__} for {name!r}"
+            )
         if not _TOKEN.fullmatch(name):
             raise ValueError(f"_headers: {name!r} is not a valid header name")
+        if name.lower() in seen:
+            raise ValueError(
+                f"_headers: {name!r} is given twice (header names are case-insensitive)"
+            )
+        seen.add(name.lower())
         if any(c in header_value for c in "\r\n\x00"):
             raise ValueError(f"_headers[{name!r}] contains a line break or NUL")
         lowered = name.lower()

@@ -16,20 +16,27 @@ pickle raises (``pickle.PicklingError`` or ``AttributeError``), at ``defer`` tim
 rather than when the task runs. Arguments must be picklable too.
 
 On the wire the pickle travels in a frame (:mod:`cloudtasks_deferred.frame`).
+
+Tasks the legacy library queued name its own helpers,
+``google.appengine.ext.deferred.deferred.invoke_member`` and ``.run_from_datastore``
+(:data:`LEGACY_NAMES`); :func:`unpickle` reads them as this library's, which take the
+same arguments, so those tasks still run once ``google.appengine`` is gone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import pickle
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from .errors import PayloadRefusedError
 from .frame import InvalidPayloadError, decode
 
 __all__ = [
+    "LEGACY_NAMES",
     "RUN_ENTRY",
     "OpenedPayload",
     "describe_callable",
@@ -37,12 +44,25 @@ __all__ = [
     "load_call",
     "run",
     "serialize",
+    "unpickle",
 ]
 
 Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 #: Frame metadata naming a transactional task's ``_DeferredOutboxRun`` entry.
 RUN_ENTRY: Final = "outbox"
+
+_LEGACY_MODULE: Final = "google.appengine.ext.deferred.deferred"
+#: ``(module, name)`` of the legacy library's own task callables -> this library's.
+LEGACY_NAMES: Final[Mapping[tuple[str, str], tuple[str, str]]] = types.MappingProxyType(
+    {
+        (_LEGACY_MODULE, "invoke_member"): ("cloudtasks_deferred.payload", "invoke_member"),
+        (_LEGACY_MODULE, "run_from_datastore"): (
+            "cloudtasks_deferred.deferred",
+            "run_from_datastore",
+        ),
+    }
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,34 +171,42 @@ def describe_callable(func: Callable[..., Any], args: tuple[Any, ...] = ()) -> s
     Returns:
         ``"module.qualname"``, or ``"module.Class.member"`` for a member call.
     """
-    if func is invoke_member and len(args) >= 2 and isinstance(args[1], str):
+    member = args[1] if len(args) >= 2 else None
+    # The member's name only when it is a name: any other string could be data.
+    if func is invoke_member and isinstance(member, str) and member.isidentifier():
         target = args[0] if isinstance(args[0], type) else type(args[0])
-        return f"{_qualified_name(target)}.{args[1]}"
+        return f"{_qualified_name(target)}.{member}"
     return _qualified_name(func)
 
 
-def load_call(pickled: bytes, *, loads: Callable[[bytes], Any] = pickle.loads) -> Call:
+def load_call(pickled: bytes, *, loads: Callable[[bytes], Any] | None = None) -> Call:
     """Unpickles a ``(callable, args, kwargs)`` tuple. Only call it on trusted bytes.
 
     Args:
         pickled: The pickle from :func:`cloudtasks_deferred.frame.decode`.
         loads: The unpickling function, e.g. an allowlist's
-            (:mod:`cloudtasks_deferred.unpickling`).
+            (:mod:`cloudtasks_deferred.unpickling`). ``None``, or ``pickle.loads``,
+            uses :func:`unpickle`: the standard unpickler, reading legacy names.
 
     Returns:
         The callable and its arguments.
 
     Raises:
-        InvalidPayloadError: The bytes are not a pickle of such a tuple.
+        InvalidPayloadError: The bytes are not a pickle of such a tuple. The message
+            names the error's type, never its text: that can quote the payload.
         ImportError, AttributeError: The pickle names code this deployment lacks.
         PayloadRefusedError: ``loads`` refused the pickle (e.g. outside an allowlist).
     """
+    if loads is None or loads is pickle.loads:
+        loads = unpickle
     try:
         call = loads(pickled)
     except (ImportError, AttributeError, PayloadRefusedError):
         raise
     except Exception as exc:
-        raise InvalidPayloadError(f"the payload does not unpickle: {exc!r}") from exc
+        # "from None": a logged traceback would show the cause's text, which can quote
+        # the payload (a UnicodeDecodeError holds the bytes it could not decode).
+        raise InvalidPayloadError(f"the payload does not unpickle: {_safe_reason(exc)}") from None
     if not (
         isinstance(call, tuple)
         and len(call) == 3
@@ -188,6 +216,37 @@ def load_call(pickled: bytes, *, loads: Callable[[bytes], Any] = pickle.loads) -
     ):
         raise InvalidPayloadError("the payload is not a (callable, args, kwargs) tuple")
     return call
+
+
+def unpickle(pickled: bytes) -> Any:
+    """``pickle.loads``, reading the legacy library's :data:`LEGACY_NAMES` as ours.
+
+    Only call it on trusted bytes: it restricts nothing else.
+
+    Args:
+        pickled: A pickle.
+
+    Returns:
+        The unpickled object.
+
+    Raises:
+        pickle.UnpicklingError, ImportError, AttributeError, ...: As ``pickle.loads``.
+    """
+    return _LegacyNamesUnpickler(io.BytesIO(pickled)).load()
+
+
+class _LegacyNamesUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        module, name = LEGACY_NAMES.get((module, name), (module, name))
+        return super().find_class(module, name)
+
+
+def _safe_reason(error: Exception) -> str:
+    """The error's type, and for a text decoding error its codec and offset: no data."""
+    if isinstance(error, UnicodeDecodeError):
+        hint = " (a Python 2 str of non-ASCII bytes)" if error.encoding == "ascii" else ""
+        return f"UnicodeDecodeError: a string is not valid {error.encoding}{hint}"
+    return type(error).__name__
 
 
 def _curry(obj: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:

@@ -1,8 +1,14 @@
 """Configuration: one frozen :class:`Settings` object, read from the environment in one place.
 
 :meth:`Settings.from_env` is the only code in the library that reads environment
-variables. Apps and tests may build a :class:`Settings` directly instead; both
-paths validate every value and name the variable and the field in their errors.
+variables, apart from one guard: dev mode refuses to switch on when the process
+environment says App Engine or Cloud Run, however the settings were built (and
+hand-built ``LOCAL`` settings on App Engine log a warning). Apps
+and tests may build a :class:`Settings` directly instead, but direct construction
+reads nothing from the environment (``platform`` defaults to ``LOCAL``): on App
+Engine or Cloud Run, start from ``from_env()`` and change what you need with
+:func:`dataclasses.replace`. Both paths validate every value and name the variable
+and the field in their errors.
 
 ========================================  ==================================================
 variable                                  meaning (default)
@@ -48,6 +54,7 @@ import dataclasses
 import enum
 import functools
 import ipaddress
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -66,6 +73,8 @@ __all__ = ["GOOGLE_OIDC_CERTS_URL", "Platform", "Settings", "origin", "queue_pat
 
 #: Google's certificates for the ID tokens Cloud Tasks attaches to HTTP tasks.
 GOOGLE_OIDC_CERTS_URL: Final = "https://www.googleapis.com/oauth2/v1/certs"
+
+_logger = logging.getLogger(__name__)
 
 _PREFIX = "CLOUDTASKS_DEFERRED_"
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -119,9 +128,18 @@ class Platform(enum.Enum):
 class Settings:
     """Everything the library needs to enqueue and to authenticate tasks.
 
-    Build one with :meth:`from_env`, or directly for tests and apps that configure
-    themselves; :func:`dataclasses.replace` derives variants. Values are validated
-    on construction.
+    Build one with :meth:`from_env`; to set a field the environment cannot (signing
+    keys read from a secret store, say), derive it with :func:`dataclasses.replace`::
+
+        settings = dataclasses.replace(Settings.from_env(), signing_keys=keys)
+
+    Building one directly reads nothing from the environment: ``platform`` is then
+    ``LOCAL`` unless passed, so on App Engine queue headers are not trusted (every
+    task gets 403) and ``defer`` has no App Engine target; the project, service and
+    version are not filled in either. Direct construction is for tests and local
+    tools, or pass ``platform=`` (and the rest) explicitly. Values are validated on
+    construction; dev mode is refused whenever the process environment says App
+    Engine or Cloud Run, whatever ``platform`` says.
 
     Attributes:
         project: Google Cloud project ID. ``None`` resolves it from application
@@ -145,11 +163,13 @@ class Settings:
         emulator_host: ``host:port`` of a Cloud Tasks emulator; enqueueing then uses
             an insecure gRPC channel.
         platform: Where the process runs; decides whether App Engine queue headers
-            can be trusted.
+            can be trusted and whether tasks can be App Engine tasks. Default
+            ``LOCAL``, also on App Engine: :meth:`from_env` detects it.
         app_engine_service: ``GAE_SERVICE``: App Engine tasks are routed back to it.
         app_engine_version: ``GAE_VERSION``: App Engine tasks are routed back to it.
         dev_mode: Sign tasks with a local key and accept only that key, for local
-            development against the emulator. Refused on App Engine and Cloud Run.
+            development against the emulator. Refused on App Engine and Cloud Run
+            (``platform``, or the process environment, says so).
         dev_key_file: PEM file holding the local key, created on first use. ``None``
             uses a key generated for this process only.
         ndb: Whether tasks (and requests through ``wrap_wsgi_app``) run in an NDB
@@ -213,11 +233,19 @@ class Settings:
             raise ConfigurationError(
                 f"Settings.allowed_modules ({_ENV_NAMES['allowed_modules']}): {exc}."
             ) from None
-        if self.dev_mode and self.platform is not Platform.LOCAL:
+        # The process environment too: a Settings built by hand says LOCAL anywhere.
+        deployed = self.platform if self.platform is not Platform.LOCAL else _process_platform()
+        if self.dev_mode and deployed is not Platform.LOCAL:
             raise ConfigurationError(
                 f"dev mode ({_ENV_NAMES['dev_mode']}) signs tasks with a local key and "
-                f"refuses to switch on on {self.platform.value} (GAE_ENV, K_SERVICE or "
+                f"refuses to switch on on {deployed.value} (GAE_ENV, K_SERVICE or "
                 "CLOUD_RUN_JOB is set): unset it in the deployed service."
+            )
+        if self.platform is Platform.LOCAL and deployed is Platform.APP_ENGINE:
+            _logger.warning(
+                "Settings built with platform=LOCAL on App Engine: queue headers are not "
+                "trusted and defer() has no App Engine target; build them with "
+                "dataclasses.replace(Settings.from_env(), ...) instead"
             )
 
     @classmethod
@@ -294,6 +322,12 @@ class Settings:
         if not self.signing_keys:
             return None
         return MappingProxyType({key.key_id: key.secret for key in self.signing_keys})
+
+
+def _process_platform() -> Platform:
+    """Where this process runs, from its own environment: outside :meth:`Settings.from_env`,
+    the only read, to refuse dev mode and warn of a hand-built ``LOCAL`` on App Engine."""
+    return Platform.detect(os.environ)
 
 
 def queue_path(project: str, location: str, queue: str) -> str:

@@ -237,7 +237,11 @@ def parse_key(value: object, model: type[Any]) -> ndb.Key:
         try:
             key = ndb.Key(urlsafe=value)
         except Exception as exc:
-            raise InvalidPayloadError(f"{value!r} is not a URL-safe Datastore key: {exc}") from exc
+            # Neither the value nor the error's text: both come from the task's argument.
+            raise InvalidPayloadError(
+                f"the {type(value).__name__} given is not a URL-safe Datastore key "
+                f"({type(exc).__module__}.{type(exc).__qualname__})"
+            ) from None
     else:
         raise InvalidPayloadError(
             f"expected a Datastore key or its URL-safe string, got {type(value).__name__}"

@@ -1,20 +1,37 @@
 """Task code the allowlisted deployments in the security tests allow (and nothing else).
 
 It imports things a payload must not reach through it: ``os``, the canary, and
-``invoke_member``; the allowlist refuses each even though this module is allowed.
+``invoke_member``; the allowlist refuses each even though this module is allowed. It
+holds things a payload must not change: ``CONFIG``, ``NAMES``, ``TAGS``, ``Job``.
 """
 
 from __future__ import annotations
 
 import os  # noqa: F401 - reachable as allowed_tasks.os: the allowlist must refuse it
+from random import getrandbits  # noqa: F401 - a built-in method of a Random: refused
 from typing import Any
 
 from tests import tasks  # noqa: F401 - allowed_tasks.tasks.canary must be refused
 from tests.tasks import RECORDER, canary  # canary re-exported: must be refused too
 
-__all__ = ["CONFIG", "Job", "canary", "noop", "record"]
+__all__ = [
+    "CONFIG",
+    "NAMES",
+    "TAGS",
+    "Job",
+    "canary",
+    "job_class",
+    "noop",
+    "record",
+    "record_call",
+]
 
 CONFIG: dict[str, str] = {"mode": "test"}
+NAMES: list[str] = ["default"]
+TAGS: set[str] = {"test"}
+#: A built-in bound method (its ``__module__`` is None); calling it with
+#: ``("canary", ...)`` would show as a canary call, so the allowlist must refuse it.
+record_call = RECORDER.calls.append
 
 
 def noop(*args: Any, **kwargs: Any) -> str:
@@ -43,3 +60,8 @@ class Job:
     @staticmethod
     def static_record(value: Any) -> None:
         RECORDER.add("static", value)
+
+
+def job_class() -> type[Job]:
+    """Listed code that returns a class: what it returns must not be filled in either."""
+    return Job

@@ -133,19 +133,72 @@ class Reduce:
         return self.func, self.args
 
 
+def _text(value: str) -> bytes:  # SHORT_BINUNICODE
+    data = value.encode()
+    return b"\x8c" + bytes([len(data)]) + data
+
+
+def _ref(module: str, name: str) -> bytes:  # STACK_GLOBAL
+    return _text(module) + _text(name) + b"\x93"
+
+
 def _global_call(module: str, name: str, *args: str) -> bytes:
     """``(module.name(*args), (), {})``: a pickle that calls a global while unpickling.
 
     Written opcode by opcode, so that building it imports nothing.
     """
-
-    def text(value: str) -> bytes:  # SHORT_BINUNICODE
-        data = value.encode()
-        return b"\x8c" + bytes([len(data)]) + data
-
-    arguments = b"(" + b"".join(text(arg) for arg in args) + b"t"  # MARK ... TUPLE
+    arguments = b"(" + b"".join(_text(arg) for arg in args) + b"t"  # MARK ... TUPLE
     # PROTO 4, STACK_GLOBAL, REDUCE, EMPTY_TUPLE, EMPTY_DICT, TUPLE3, STOP
-    return b"\x80\x04" + text(module) + text(name) + b"\x93" + arguments + b"R)}\x87."
+    return b"\x80\x04" + _ref(module, name) + arguments + b"R)}\x87."
+
+
+def _set_attribute(name: str, value: bytes) -> bytes:
+    """``(None, {name: value})`` BUILD: pickle's ``setattr`` on the object below it."""
+    return b"N}" + _text(name) + value + b"s\x86b"
+
+
+ALLOWED_TASKS = "tests.security.allowed_tasks"
+#: ``cloudtasks_deferred.payload.invoke_member``: the marker the allowlist hands out.
+INVOKE_MEMBER = ("cloudtasks_deferred.payload", "invoke_member")
+
+#: Renames the invoke_member marker to the canary, then uses it as the task's callable.
+RENAMED_MARKER = (
+    b"\x80\x04"
+    + _ref(*INVOKE_MEMBER)
+    + _set_attribute("name", _text("tests.tasks.canary"))
+    + _text("a renamed marker")
+    + b"\x85}\x87."
+)
+#: Job.run = Job.fire (which calls the canary), then runs invoke_member(Job(), "run").
+REWIRED_CLASS = (
+    b"\x80\x04"
+    + _ref(ALLOWED_TASKS, "Job")
+    + _set_attribute("run", _ref(ALLOWED_TASKS, "Job.fire"))
+    + b"0"  # POP
+    + _ref(*INVOKE_MEMBER)
+    + _ref(ALLOWED_TASKS, "Job")
+    + b")R"  # Job()
+    + _text("run")
+    + b"\x86}\x87."
+)
+#: CONFIG["mode"] = "owned" (module-level data of an allowed module), then a harmless task.
+CHANGED_MODULE_DATA = (
+    b"\x80\x04"
+    + _ref(ALLOWED_TASKS, "CONFIG")
+    + _text("mode")
+    + _text("owned")
+    + b"s0"  # SETITEM, POP
+    + _ref(ALLOWED_TASKS, "noop")
+    + b")}\x87."
+)
+#: RECORDER.calls.append(("canary", ...)) as the task: a built-in bound method.
+BOUND_BUILTIN_METHOD = (
+    b"\x80\x04"
+    + _ref(ALLOWED_TASKS, "record_call")
+    + _text("canary")
+    + _text("a built-in bound method ran")
+    + b"\x86\x85}\x87."
+)
 
 
 def _compression_bomb() -> bytes:
@@ -557,6 +610,34 @@ CASES: list[Case] = [
             ),
         ),
         b"Forbidden: the payload calls cloudtasks_deferred.payload.invoke_member",
+    ),
+    Case(
+        "leaked-key-builtin-bound-method-in-an-allowed-module",
+        "signed",
+        403,
+        lambda kit: _post(kit, encode(BOUND_BUILTIN_METHOD, signing_key=kit.signing_key)),
+        b"Forbidden: the payload references 'tests.security.allowed_tasks.record_call'",
+    ),
+    Case(
+        "leaked-key-build-renames-the-library-marker",
+        "signed",
+        403,
+        lambda kit: _post(kit, encode(RENAMED_MARKER, signing_key=kit.signing_key)),
+        b"Forbidden: the payload's BUILD opcode would modify",
+    ),
+    Case(
+        "leaked-key-build-rewires-an-allowed-class",
+        "signed",
+        403,
+        lambda kit: _post(kit, encode(REWIRED_CLASS, signing_key=kit.signing_key)),
+        b"Forbidden: the payload's BUILD opcode would modify tests.security.allowed_tasks.Job,",
+    ),
+    Case(
+        "leaked-key-setitem-on-module-level-data",
+        "signed",
+        403,
+        lambda kit: _post(kit, encode(CHANGED_MODULE_DATA, signing_key=kit.signing_key)),
+        b"Forbidden: the payload's SETITEM opcode would modify a dict object",
     ),
     # --- dev mode where it must not switch on ---------------------------------------------------
     Case(

@@ -101,6 +101,14 @@ def test_headers_merge_over_content_type() -> None:
     }
 
 
+@pytest.mark.parametrize("name", ["content-type", "CONTENT-TYPE", "Content-type"])
+def test_a_content_type_in_any_case_replaces_the_default(name: str) -> None:
+    for task in (build(_headers={name: "application/json"}), build(GAE, _headers={name: "a/b"})):
+        request = task.http_request if "http_request" in task else task.app_engine_http_request
+        assert [key.lower() for key in request.headers] == ["content-type"]
+        assert dict(request.headers)[name] in ("application/json", "a/b")
+
+
 def test_dispatch_deadline() -> None:
     assert build(_dispatch_deadline=600).dispatch_deadline == timedelta(minutes=10)
 

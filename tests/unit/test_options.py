@@ -45,6 +45,23 @@ def test_none_means_default_as_in_the_legacy_api() -> None:
     assert parse(_url=None, _queue=None, _countdown=None) == TaskOptions()
 
 
+def test_a_mistyped_option_set_to_none_is_refused_not_dropped() -> None:
+    # Filtering None before checking names let _countdwn=None vanish silently.
+    with pytest.raises(TypeError, match="unknown option _countdwn"):
+        split_options({"_countdwn": None, "x": 1}, now=NOW)
+
+
+def test_option_errors_never_quote_a_value_that_may_be_a_secret() -> None:
+    with pytest.raises(TypeError) as unknown:
+        parse(_api_token="hunter2-token")
+    assert "_api_token" in str(unknown.value)
+    assert "hunter2" not in str(unknown.value)
+    with pytest.raises(TypeError) as header:
+        parse(_headers={"X-Api-Key": b"hunter2-key"})
+    assert "'X-Api-Key'" in str(header.value)
+    assert "hunter2" not in str(header.value)
+
+
 def test_countdown_schedules_relative_to_now() -> None:
     assert parse(_countdown=90).schedule_time == NOW + timedelta(seconds=90)
     assert parse(_countdown=0.5).schedule_time == NOW + timedelta(seconds=0.5)
@@ -95,8 +112,9 @@ def test_retry_options_and_transactional() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"_countdwn": 5}, TypeError, "unknown option _countdwn=5; did you mean _countdown"),
-        ({"_priority": 1}, TypeError, "unknown option _priority"),
+        ({"_countdwn": 5}, TypeError, "unknown option _countdwn; did you mean _countdown?"),
+        ({"_countdwn": None}, TypeError, "unknown option _countdwn; did you mean _countdown?"),
+        ({"_priority": 1}, TypeError, "unknown option _priority. Keyword arguments"),
         ({"_countdown": 5, "_eta": NOW}, ValueError, "both _countdown and _eta"),
         ({"_countdown": -1}, ValueError, "_countdown must be a finite number of seconds >= 0"),
         ({"_countdown": float("inf")}, ValueError, "_countdown must be a finite"),
@@ -117,7 +135,13 @@ def test_retry_options_and_transactional() -> None:
         ({"_url": "ftp://x/y"}, ValueError, "absolute http"),
         ({"_url": b"/bytes"}, TypeError, "_url must be a str"),
         ({"_headers": [("A", "b")]}, TypeError, "_headers must be a mapping"),
-        ({"_headers": {"A": 1}}, TypeError, "_headers must map str to str"),
+        (
+            {"_headers": {"A": 1}},
+            TypeError,
+            "_headers must map str to str, got int for 'A'",
+        ),
+        ({"_headers": {1: "v"}}, TypeError, "got a name of type int"),
+        ({"_headers": {"X-A": "1", "x-a": "2"}}, ValueError, "'x-a' is given twice"),
         ({"_headers": {"Bad Name": "v"}}, ValueError, "not a valid header name"),
         ({"_headers": {"X-A": "a\r\nInjected: 1"}}, ValueError, "line break"),
         ({"_headers": {"Host": "evil"}}, ValueError, "'Host' is set by Cloud Tasks"),

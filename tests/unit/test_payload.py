@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import pickle
+import traceback
 from typing import Any
 
 import pytest
 
-from cloudtasks_deferred import deferred
+from cloudtasks_deferred import Client, Handler, deferred
+from cloudtasks_deferred.deadletters import InMemoryDeadLetters
 from cloudtasks_deferred.frame import InvalidPayloadError, encode
 from cloudtasks_deferred.payload import describe_callable, invoke_member, load_call, run, serialize
 from tests import tasks
+from tests.oidc import Issuer
 from tests.tasks import RECORDER
+from tests.wsgi import call, environ
 
 
 @pytest.mark.parametrize(
@@ -148,3 +153,61 @@ def test_legacy_module_exposes_the_same_functions() -> None:
     assert deferred.serialize is serialize
     assert deferred.run is run
     assert deferred.invoke_member is invoke_member
+
+
+# --- what an error may say about a payload ------------------------------------------------
+
+SECRET = b"password=hunter2 \xc3\xa9"
+#: A Python 2 era pickle: (len, ('password=hunter2 \xc3\xa9',), {}), a py2 str (SHORT_BINSTRING).
+PY2_STR = b"\x80\x02c__builtin__\nlen\nU" + bytes([len(SECRET)]) + SECRET + b"\x85}\x87."
+#: int("password=hunter2") while unpickling: the ValueError quotes the argument.
+BAD_INT = b"\x80\x02c__builtin__\nint\nX\x10\x00\x00\x00password=hunter2\x85R)}\x87."
+
+
+@pytest.mark.parametrize(
+    ("pickled", "reason"),
+    [
+        (PY2_STR, "UnicodeDecodeError: a string is not valid ascii (a Python 2 str"),
+        (BAD_INT, "ValueError"),
+    ],
+    ids=["undecodable py2 str", "constructor error"],
+)
+def test_unpickling_errors_name_the_error_never_the_payload(pickled: bytes, reason: str) -> None:
+    with pytest.raises(InvalidPayloadError) as caught:
+        load_call(pickled)
+    assert str(caught.value).startswith(f"the payload does not unpickle: {reason}")
+    # Not in the message, nor in the traceback a log prints (causes included).
+    assert "hunter2" not in "".join(traceback.format_exception(caught.value))
+
+
+def test_an_undecodable_payload_leaves_no_argument_in_logs_or_dead_letters(
+    signed_client: Client, issuer: Issuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    auth = {"Authorization": f"Bearer {issuer.token()}"}
+    with caplog.at_level(logging.DEBUG):
+        response = call(Handler(client=signed_client), environ(PY2_STR, headers=auth))
+    assert (response.code, response.body) == (200, b"PermanentTaskFailure")
+    assert isinstance(signed_client.dead_letters, InMemoryDeadLetters)
+    [letter] = signed_client.dead_letters.letters
+    assert "UnicodeDecodeError" in letter.reason
+    assert "hunter2" not in letter.reason
+    assert "permanent failure" in caplog.text
+    assert "hunter2" not in caplog.text
+
+
+def test_a_stored_payloads_key_argument_is_not_quoted_when_invalid() -> None:
+    from cloudtasks_deferred import storage
+
+    with pytest.raises(InvalidPayloadError, match="not a URL-safe Datastore key") as caught:
+        storage.parse_key("password=hunter2", storage.DeferredTaskEntity)
+    assert "hunter2" not in str(caught.value)
+    # A logged traceback shows no cause (whose text could quote the value).
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__
+
+
+def test_describe_callable_names_only_a_member_that_is_a_name() -> None:
+    job = tasks.Counter(1)
+    assert describe_callable(invoke_member, (job, "add")) == "tests.tasks.Counter.add"
+    shown = describe_callable(invoke_member, (job, "password=hunter2\nforged log line"))
+    assert shown == "cloudtasks_deferred.payload.invoke_member"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cloudtasks_deferred import ConfigurationError, Settings
+from cloudtasks_deferred.frame import SigningKey
 from cloudtasks_deferred.settings import GOOGLE_OIDC_CERTS_URL, Platform, origin, queue_path
 
 
@@ -158,6 +159,55 @@ def test_certs_url_may_be_plain_http_only_on_loopback(url: str) -> None:
 def test_dev_mode_refuses_to_switch_on_in_production(platform_var: dict[str, str]) -> None:
     with pytest.raises(ConfigurationError, match="refuses to switch on"):
         Settings.from_env({"CLOUDTASKS_DEFERRED_DEV_MODE": "true", **platform_var})
+
+
+DEPLOYED = [{"GAE_ENV": "standard"}, {"K_SERVICE": "svc"}, {"CLOUD_RUN_JOB": "job"}]
+
+
+@pytest.mark.parametrize("platform_var", DEPLOYED, ids=["app-engine", "cloud-run", "job"])
+def test_dev_mode_refuses_to_switch_on_in_production_however_settings_are_built(
+    platform_var: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in platform_var.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match="refuses to switch on"):
+        Settings(dev_mode=True, base_url="https://svc.a.run.app", service_account="a@b.c")
+    with pytest.raises(ConfigurationError, match="refuses to switch on"):
+        dataclasses.replace(Settings(), dev_mode=True)
+    with pytest.raises(ConfigurationError, match="refuses to switch on"):
+        # An explicit environ describing a laptop does not hide where the process runs.
+        Settings.from_env({"CLOUDTASKS_DEFERRED_DEV_MODE": "true"})
+
+
+def test_dev_mode_switches_on_on_a_local_machine() -> None:
+    assert Settings(dev_mode=True).dev_mode is True
+    assert Settings.from_env({"CLOUDTASKS_DEFERRED_DEV_MODE": "true"}).dev_mode is True
+
+
+def test_settings_derived_from_the_environment_keep_the_platform(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # SECURITY.md's App Engine recipe: from_env(), then replace what the env cannot hold.
+    for name, value in {"GAE_ENV": "standard", "GAE_SERVICE": "web", "GAE_VERSION": "v3"}.items():
+        monkeypatch.setenv(name, value)
+    key = SigningKey("k1", bytes(32))
+    settings = dataclasses.replace(Settings.from_env(), signing_keys=(key,))
+    assert settings.platform is Platform.APP_ENGINE
+    assert (settings.app_engine_service, settings.app_engine_version) == ("web", "v3")
+    assert settings.signing_keys == (key,)
+    assert caplog.records == []
+
+
+def test_hand_built_local_settings_on_app_engine_log_how_to_build_them(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("GAE_ENV", "standard")
+    settings = Settings(location="us-central1")
+    assert settings.platform is Platform.LOCAL  # direct construction reads no environment
+    assert "Settings.from_env()" in caplog.text
+    caplog.clear()
+    Settings(location="us-central1", platform=Platform.APP_ENGINE)
+    assert caplog.records == []
 
 
 def test_ndb_flag_accepts_auto() -> None:

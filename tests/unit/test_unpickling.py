@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import collections
+import copy
+import copyreg
 import dataclasses
 import datetime
 import decimal
+import functools
 import pickle
 import sys
+import tracemalloc
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +24,7 @@ from cloudtasks_deferred.payload import invoke_member, load_call, serialize
 from cloudtasks_deferred.transports.memory import InMemoryTransport
 from cloudtasks_deferred.unpickling import (
     DANGEROUS_BUILTINS,
+    INVOKE_MEMBER,
     Allowlist,
     DisallowedReferenceError,
     check_entries,
@@ -326,10 +331,204 @@ def test_the_handler_answers_403_naming_the_reference(
     [
         b"\x80\x05M\xa0\x8dr\x92\x82\xbfF\x1c\x1a",  # LONG_BINPUT 3.2e9, found by the fuzz
         b"\x80\x02K\x01p99999999999\n.",  # PUT with a text index
+        b"\x80\x05\x96" + (64 * 2**20).to_bytes(8, "little") + b"x.",  # BYTEARRAY8 of 64 MiB
     ],
-    ids=["long_binput", "put"],
+    ids=["long_binput", "put", "bytearray8"],
 )
-def test_memo_indices_beyond_the_pickle_are_refused_before_unpickling(pickled: bytes) -> None:
-    # The C unpickler would size (and clear) its memo by the index: gigabytes.
-    with pytest.raises(InvalidPayloadError, match="memo index"):
-        ALLOWED.loads(pickled)
+def test_forged_memo_indices_and_lengths_cost_no_memory(pickled: bytes) -> None:
+    # The C unpickler sizes (and clears) its memo by the largest index: gigabytes. The
+    # pure-Python one keeps a dict, but would allocate a BYTEARRAY8's claimed length.
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidPayloadError):
+            loads(pickled)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000
+
+
+# --- callables without a module (item: built-in bound methods) --------------------------
+
+ALLOWED_TASKS = "tests.security.allowed_tasks"
+
+
+def text(value: str) -> bytes:
+    """SHORT_BINUNICODE ``value``."""
+    data = value.encode()
+    return b"\x8c" + bytes([len(data)]) + data
+
+
+def ref(module: str, name: str) -> bytes:
+    """STACK_GLOBAL ``module.name``."""
+    return text(module) + text(name) + b"\x93"
+
+
+def proto4(*opcodes: bytes) -> bytes:
+    """A protocol-4 pickle of ``opcodes``, written by hand as a forged payload is."""
+    return b"\x80\x04" + b"".join(opcodes) + b"."
+
+
+def set_attribute(name: str, value: bytes) -> bytes:
+    """``(None, {name: value})`` BUILD: pickle's ``setattr`` on the object below it."""
+    return b"N}" + text(name) + value + b"s\x86b"
+
+
+#: ``(noop, (), {})``: a valid task after the forged part.
+NOOP_CALL = ref(ALLOWED_TASKS, "noop") + b")}\x87"
+
+
+@pytest.mark.parametrize("name", ["getrandbits", "record_call"])
+def test_callables_without_a_module_name_are_refused(name: str) -> None:
+    # Built-in bound methods have __module__ None: "defined in an allowed module" cannot
+    # be checked, so they are refused (random.getrandbits, RECORDER.calls.append).
+    with pytest.raises(DisallowedReferenceError, match=f"'{ALLOWED_TASKS}.{name}'"):
+        loads(proto4(ref(ALLOWED_TASKS, name), text("canary") + text("x") + b"\x86\x85}\x87"))
+    assert RECORDER.calls == []
+
+
+def test_plain_data_without_a_module_name_may_still_be_named() -> None:
+    assert ALLOWED.loads(global_ref(ALLOWED_TASKS, "CONFIG")) is allowed_tasks.CONFIG
+
+
+# --- BUILD and friends may only fill in what the pickle created ----------------------------
+
+
+def test_build_cannot_change_an_always_allowed_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = collections.Counter.most_common
+    monkeypatch.setattr(collections.Counter, "most_common", original)  # restored regardless
+    # Counter.most_common = "owned", then a refused reference: nothing may remain changed.
+    forged = proto4(
+        ref("collections", "Counter"),
+        set_attribute("most_common", text("owned")),
+        b"0",
+        ref("tests.tasks", "canary"),
+        b")}\x87",
+    )
+    with pytest.raises(DisallowedReferenceError, match="BUILD opcode would modify collections"):
+        loads(forged)
+    assert collections.Counter.most_common is original
+
+
+def test_build_cannot_change_a_task_functions_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    record = allowed_tasks.record
+    monkeypatch.setattr(record, "__defaults__", record.__defaults__)  # restored regardless
+    forged = proto4(
+        ref(ALLOWED_TASKS, "record"),
+        set_attribute("__defaults__", text("attacker@evil.test") + b"\x85"),
+        b")}\x87",
+    )
+    with pytest.raises(DisallowedReferenceError, match=f"would modify {ALLOWED_TASKS}.record,"):
+        loads(forged)
+    assert record.__defaults__ == (None,)
+
+
+def test_build_cannot_turn_the_library_marker_into_another_function() -> None:
+    # The marker stands for invoke_member in every payload of the process; renamed,
+    # it would hand back any function it names (here the canary) as the task.
+    marker = ALLOWED.loads(global_ref("cloudtasks_deferred.payload", "invoke_member"))
+    forged = proto4(
+        ref("cloudtasks_deferred.payload", "invoke_member"),
+        set_attribute("name", text("tests.tasks.canary")),
+        text("renamed") + b"\x85}\x87",
+    )
+    try:
+        with pytest.raises(DisallowedReferenceError, match="BUILD opcode would modify"):
+            loads(forged)
+    finally:
+        name = marker.name
+        object.__setattr__(marker, "name", INVOKE_MEMBER)  # undo, should the test fail
+    assert name == INVOKE_MEMBER
+    assert loads(serialize(allowed_tasks.Job().run))[0] is invoke_member
+    with pytest.raises(AttributeError, match="cannot be changed"):
+        marker.name = "tests.tasks.canary"
+    assert RECORDER.calls == []
+
+
+@pytest.mark.parametrize(
+    ("target", "opcodes"),
+    [
+        ("CONFIG", text("mode") + text("owned") + b"s"),
+        ("CONFIG", b"(" + text("mode") + text("owned") + b"u"),
+        ("CONFIG", set_attribute("x", text("owned"))),
+        ("NAMES", text("owned") + b"a"),
+        ("NAMES", b"(" + text("owned") + b"e"),
+        ("TAGS", b"(" + text("owned") + b"\x90"),
+    ],
+    ids=["SETITEM", "SETITEMS", "BUILD", "APPEND", "APPENDS", "ADDITEMS"],
+)
+def test_module_level_data_cannot_be_filled_in(
+    target: str, opcodes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = getattr(allowed_tasks, target)
+    kept = copy.copy(original)
+    monkeypatch.setattr(allowed_tasks, target, original)  # a failure must not leak changes
+    with pytest.raises(DisallowedReferenceError, match="opcode would modify a"):
+        loads(proto4(ref(ALLOWED_TASKS, target), opcodes, b"0", NOOP_CALL))
+    assert original == kept
+
+
+def test_classes_returned_by_listed_code_cannot_be_filled_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run = allowed_tasks.Job.__dict__["run"]
+    monkeypatch.setattr(allowed_tasks.Job, "run", run)  # restored regardless
+    # job_class() returns Job; Job.run = Job.fire would make every Job.run call the canary.
+    forged = proto4(
+        ref(ALLOWED_TASKS, "job_class") + b")R",
+        set_attribute("run", ref(ALLOWED_TASKS, "Job.fire")),
+        b"0",
+        NOOP_CALL,
+    )
+    with pytest.raises(DisallowedReferenceError, match=f"would modify {ALLOWED_TASKS}.Job,"):
+        loads(forged)
+    assert allowed_tasks.Job.__dict__["run"] is run
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_objects_the_pickle_creates_are_filled_in_as_before(protocol: int) -> None:
+    job = allowed_tasks.Job("built")
+    job.extra = {"nested": [1, {2}]}  # type: ignore[attr-defined]
+    values = [
+        job,
+        {"a": [1, 2]},
+        {3, 4},
+        collections.OrderedDict(b=2),
+        collections.defaultdict(list, a=[1]),
+        collections.deque([1, 2]),
+        collections.Counter("aab"),
+        uuid.UUID(int=7),
+    ]
+    if protocol >= 3:  # protocols 0-2 write bytes with _codecs.encode, which is not listed
+        values.append(bytearray(b"x" * 300))
+    _, (loaded,), _ = loads(pickle.dumps((allowed_tasks.noop, (values,), {}), protocol))
+    assert vars(loaded[0]) == vars(job)
+    assert loaded[1:] == values[1:]
+
+
+def test_a_partial_the_pickle_makes_is_filled_in_when_listed() -> None:
+    # A partial pickles as partial(func) then BUILD (func, args, keywords, dict).
+    allowlist = Allowlist([ALLOWED_TASKS, "functools.partial"])
+    made = functools.partial(allowed_tasks.record, "bound", extra=1)
+    _, (loaded,), _ = loads(serialize(allowed_tasks.noop, made), allowlist)
+    assert (loaded.func, loaded.args, loaded.keywords) == (made.func, made.args, made.keywords)
+
+
+def test_extension_codes_go_through_the_allowlist_not_copyregs_cache() -> None:
+    code = 0x7FFF_FF00
+    copyreg.add_extension("tests.tasks", "canary", code)
+    try:
+        # What an earlier load by the C unpickler leaves in the process-wide cache.
+        copyreg._extension_cache[code] = tasks.canary  # type: ignore[attr-defined]
+        forged = b"\x80\x02\x84" + code.to_bytes(4, "little") + b")}\x87."  # EXT4
+        with pytest.raises(DisallowedReferenceError, match=r"'tests\.tasks\.canary'"):
+            loads(forged)
+    finally:
+        copyreg.remove_extension("tests.tasks", "canary", code)
+    copyreg.add_extension(ALLOWED_TASKS, "noop", code)
+    try:
+        allowed = b"\x80\x02\x84" + code.to_bytes(4, "little") + b")}\x87."
+        assert loads(allowed)[0] is allowed_tasks.noop
+    finally:
+        copyreg.remove_extension(ALLOWED_TASKS, "noop", code)
+    assert RECORDER.calls == []
