@@ -23,7 +23,6 @@ import functools
 import importlib
 import importlib.util
 import logging
-import pickle
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -36,7 +35,7 @@ from .auth.dev import DEV_INVOKER, DevKey, dev_key
 from .deadletters import DeadLetterSink, LoggingDeadLetters
 from .errors import ConfigurationError
 from .frame import decode, encode
-from .payload import OpenedPayload, load_call
+from .payload import OpenedPayload, load_call, unpickle
 from .settings import Platform, Settings, queue_path
 from .unpickling import Allowlist
 
@@ -164,7 +163,7 @@ class Client:
     @functools.cached_property
     def _loads(self) -> Callable[[bytes], Any]:
         if not self.settings.allowed_modules:
-            return pickle.loads
+            return unpickle
         return Allowlist(self.settings.allowed_modules).loads
 
     def queue_path(self, queue: str | None = None) -> str:

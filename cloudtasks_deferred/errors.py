@@ -14,7 +14,8 @@ and ``google.appengine.api.taskqueue``::
      ├── ConfigurationError        a setting is missing or invalid; the message names it
      ├── PayloadRefusedError       a task body failed a payload check before unpickling (403)
      │    ├── frame.PayloadSignatureError      ... unsigned or badly signed
-     │    └── unpickling.DisallowedReferenceError  ... names code outside the allowlist
+     │    └── unpickling.DisallowedReferenceError  ... names code outside the allowlist,
+     │                                         or would fill in an object it named
      ├── frame.UnsupportedPayloadError  a newer version of the library wrote it (500)
      ├── auth.AuthenticationError  the request is not from an allowed caller (403)
      ├── auth.CertsUnavailableError  no certificates to verify tokens with (503)

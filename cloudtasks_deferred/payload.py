@@ -185,8 +185,8 @@ def load_call(pickled: bytes, *, loads: Callable[[bytes], Any] | None = None) ->
     Args:
         pickled: The pickle from :func:`cloudtasks_deferred.frame.decode`.
         loads: The unpickling function, e.g. an allowlist's
-            (:mod:`cloudtasks_deferred.unpickling`). ``None``, or ``pickle.loads``,
-            uses :func:`unpickle`: the standard unpickler, reading legacy names.
+            (:mod:`cloudtasks_deferred.unpickling`); :func:`unpickle` (the standard
+            unpickler, reading the legacy library's names) when ``None``.
 
     Returns:
         The callable and its arguments.
@@ -197,7 +197,7 @@ def load_call(pickled: bytes, *, loads: Callable[[bytes], Any] | None = None) ->
         ImportError, AttributeError: The pickle names code this deployment lacks.
         PayloadRefusedError: ``loads`` refused the pickle (e.g. outside an allowlist).
     """
-    if loads is None or loads is pickle.loads:
+    if loads is None:
         loads = unpickle
     try:
         call = loads(pickled)

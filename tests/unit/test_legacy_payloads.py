@@ -13,7 +13,7 @@ import pytest
 
 from cloudtasks_deferred import Client, Handler, deferred
 from cloudtasks_deferred.frame import SigningKey
-from cloudtasks_deferred.payload import LEGACY_NAMES, invoke_member, load_call, run
+from cloudtasks_deferred.payload import LEGACY_NAMES, invoke_member, load_call, run, unpickle
 from cloudtasks_deferred.unpickling import Allowlist, DisallowedReferenceError
 from tests.legacy import LEGACY_MODULE, legacy_library, legacy_task
 from tests.oidc import Issuer
@@ -30,13 +30,13 @@ def test_google_appengine_is_not_installed() -> None:
 
 
 @pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
-@pytest.mark.parametrize("loads", [None, pickle.loads], ids=["default", "pickle.loads"])
+@pytest.mark.parametrize("loads", [None, unpickle], ids=["default", "unpickle"])
 def test_a_legacy_bound_method_task_runs_as_ours(
     protocol: int, loads: Callable[[bytes], Any] | None
 ) -> None:
     body = legacy_task("invoke_member", datetime.date(2020, 1, 2), "isoformat", protocol=protocol)
     assert LEGACY_MODULE.encode() in body
-    func, args, kwargs = load_call(body, loads=loads)  # Client passes pickle.loads
+    func, args, kwargs = load_call(body, loads=loads)  # Client passes unpickle
     assert func is invoke_member
     assert func(*args, **kwargs) == "2020-01-02"
     assert run(body) == "2020-01-02"
