@@ -12,11 +12,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from cloudtasks_deferred.settings import Platform, Settings
 
@@ -36,9 +35,8 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class Caller:
-    """An authenticated task request.
+class Caller(NamedTuple):
+    """An authenticated task request (a named tuple: built on every request).
 
     Attributes:
         via: ``"oidc"`` or ``"app-engine"``.
