@@ -8,6 +8,9 @@ sends ``Cache-Control: max-age=22000`` like Google's:
   (a fresh :class:`~cloudtasks_deferred.auth.certs.CachedCerts`);
 * google-auth: ``google.oauth2.id_token.verify_token(token, request, audience=...,
   certs_url=...)`` with one plain ``google.auth.transport.requests.Request()``.
+
+``--quick`` shortens only google-auth's side (one fetch per call, 200 calls): a fetch
+count is not extrapolated, so ours always serves the full 1,000 requests.
 """
 
 from __future__ import annotations
@@ -34,9 +37,9 @@ def run(quick: bool = False) -> Result:
     from google.auth.transport.requests import Request
     from google.oauth2 import id_token
 
-    count = 200 if quick else REQUESTS
     issuer = Issuer()
-    tokens = [issuer.token(sub=str(i)) for i in range(count)]
+    tokens = [issuer.token(sub=str(i)) for i in range(REQUESTS)]
+    compared = tokens[:200] if quick else tokens
     body = encode(serialize(process, "user-42", 20))
 
     with CertsServer(issuer.certs, max_age=22000).running() as server:
@@ -65,21 +68,21 @@ def run(quick: bool = False) -> Result:
         server.fetches = 0
         request = Request()
         started = time.perf_counter()
-        for token in tokens:
+        for token in compared:
             claims = id_token.verify_token(token, request, audience=AUDIENCE, certs_url=server.url)
             if claims["aud"] != AUDIENCE:
                 raise AssertionError("google-auth returned the wrong claims")
         theirs_seconds = time.perf_counter() - started
         theirs = server.fetches
 
-    per_thousand = ours * 1000 / count
     return Result(
         key="P4",
         title="cert fetches per 1,000 verified requests",
-        value=per_thousand,
+        value=ours,
         unit="fetches",
         target=TARGET,
-        detail=f"ours {ours} fetch(es) for {count} requests ({ours_seconds:.2f} s through the "
-        f"handler); google-auth's verify_token {theirs} fetches for the same {count} "
-        f"tokens ({theirs * 1000 / count:.0f} per 1,000, {theirs_seconds:.2f} s)",
+        detail=f"ours {ours} fetch(es) for {REQUESTS} requests ({ours_seconds:.2f} s through "
+        f"the handler); google-auth's verify_token {theirs} fetches for {len(compared)} of "
+        f"the same tokens ({theirs * 1000 / len(compared):.0f} per 1,000, "
+        f"{theirs_seconds:.2f} s)",
     )
