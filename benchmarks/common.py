@@ -6,6 +6,15 @@ import dataclasses
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
+
+from cloudtasks_deferred import Client, Settings
+from cloudtasks_deferred.settings import queue_path
+from cloudtasks_deferred.transports.cloud_tasks import CloudTasksTransport, shared_client
+
+#: Where the emulator benchmarks enqueue: a queue kept paused, so nothing dispatches.
+PROJECT = "bench-project"
+QUEUE = queue_path(PROJECT, "us-central1", "bench")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,3 +79,23 @@ def interleaved(
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def paused_queue_client(emulator_host: str) -> tuple[Client, Any]:
+    """Pauses :data:`QUEUE` on the emulator and returns a client that defers into it.
+
+    Returns:
+        The library's client and the ``CloudTasksClient`` under it (one gRPC channel).
+    """
+    api = shared_client(emulator_host)
+    api.pause_queue(name=QUEUE)
+    settings = Settings(
+        project=PROJECT,
+        location="us-central1",
+        queue="bench",
+        base_url="https://bench.example",
+        service_account=f"invoker@{PROJECT}.iam.gserviceaccount.com",
+        emulator_host=emulator_host,
+        ndb=False,
+    )
+    return Client(settings, transport=CloudTasksTransport(client=api)), api

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 from google.cloud import tasks_v2
 
-from cloudtasks_deferred import Client, Settings
 from cloudtasks_deferred.emulators import CloudTasksEmulator
-from cloudtasks_deferred.settings import queue_path
-from cloudtasks_deferred.transports.cloud_tasks import CloudTasksTransport, shared_client
 
-from .common import Result, interleaved
+from .common import QUEUE, Result, interleaved, paused_queue_client
 from .tasks import process
 
 TASKS = 1000
@@ -25,20 +22,8 @@ TARGET = 1.05
 
 def run(quick: bool = False) -> Result:
     total = 200 if quick else TASKS
-    queue = queue_path("bench-project", "us-central1", "bench")
-    with CloudTasksEmulator(queues=[queue]) as emulator:
-        api = shared_client(emulator.host)
-        api.pause_queue(name=queue)
-        settings = Settings(
-            project="bench-project",
-            location="us-central1",
-            queue="bench",
-            base_url="https://bench.example",
-            service_account="invoker@bench-project.iam.gserviceaccount.com",
-            emulator_host=emulator.host,
-            ndb=False,
-        )
-        client = Client(settings, transport=CloudTasksTransport(client=api))
+    with CloudTasksEmulator(queues=[QUEUE]) as emulator:
+        client, api = paused_queue_client(emulator.host)
         body = client.defer(process, "user-42", 20).http_request.body
         url = "https://bench.example/_ah/queue/deferred"
 
@@ -49,7 +34,7 @@ def run(quick: bool = False) -> Result:
         def raw() -> None:
             for _ in range(ROUND):
                 api.create_task(
-                    parent=queue,
+                    parent=QUEUE,
                     task=tasks_v2.Task(
                         http_request=tasks_v2.HttpRequest(
                             url=url,
@@ -57,7 +42,7 @@ def run(quick: bool = False) -> Result:
                             headers={"Content-Type": "application/octet-stream"},
                             body=body,
                             oidc_token=tasks_v2.OidcToken(
-                                service_account_email=settings.service_account,
+                                service_account_email=client.settings.service_account,
                                 audience="https://bench.example",
                             ),
                         )
@@ -66,7 +51,7 @@ def run(quick: bool = False) -> Result:
 
         with_defer(), raw()  # warm both paths
         times_defer, times_raw = interleaved(
-            with_defer, raw, rounds=total // ROUND, between=lambda: api.purge_queue(name=queue)
+            with_defer, raw, rounds=total // ROUND, between=lambda: api.purge_queue(name=QUEUE)
         )
     per_defer = sum(times_defer) / total * 1000
     per_raw = sum(times_raw) / total * 1000

@@ -24,20 +24,17 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from cloudtasks_deferred import Client, Settings
+from cloudtasks_deferred import Client
 from cloudtasks_deferred.emulators import CloudTasksEmulator, DatastoreEmulator
 from cloudtasks_deferred.enqueue import create_task, task_builder
 from cloudtasks_deferred.frame import decode
 from cloudtasks_deferred.options import split_options
 from cloudtasks_deferred.oversized import enqueue_stored, place
 from cloudtasks_deferred.payload import serialize
-from cloudtasks_deferred.settings import queue_path
-from cloudtasks_deferred.transports.cloud_tasks import CloudTasksTransport, shared_client
 
-from .common import Result, interleaved, median
+from .common import PROJECT, QUEUE, Result, interleaved, median, paused_queue_client
 from .tasks import process_blob
 
-PROJECT = "bench-project"
 INLINE_BYTES = 600 * 1024
 FALLBACK_BYTES = 900 * 1024
 #: Forces the fallback for a payload that would fit: a task budget only a pointer meets.
@@ -88,29 +85,17 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 def run(quick: bool = False) -> list[Result]:
     rounds = 4 if quick else 16
     inline_defers = 5 if quick else 20
-    queue = queue_path(PROJECT, "us-central1", "bench")
     with (
         DatastoreEmulator(project=PROJECT) as datastore,
-        CloudTasksEmulator(queues=[queue]) as tasks_emulator,
+        CloudTasksEmulator(queues=[QUEUE]) as tasks_emulator,
         _environment(datastore.env),
     ):
         from google.cloud import ndb
 
-        api = shared_client(tasks_emulator.host)
-        api.pause_queue(name=queue)
-        settings = Settings(
-            project=PROJECT,
-            location="us-central1",
-            queue="bench",
-            base_url="https://bench.example",
-            service_account="invoker@bench-project.iam.gserviceaccount.com",
-            emulator_host=tasks_emulator.host,
-            ndb=False,
-        )
-        client = Client(settings, transport=CloudTasksTransport(client=api))
+        client, api = paused_queue_client(tasks_emulator.host)
         with ndb.Client(project=PROJECT).context():
-            inline = _inline_without_datastore(client, api, queue, inline_defers)
-            fallback = _fallback_against_inline(client, api, queue, datastore, rounds)
+            inline = _inline_without_datastore(client, api, QUEUE, inline_defers)
+            fallback = _fallback_against_inline(client, api, QUEUE, datastore, rounds)
     return [inline, fallback]
 
 
