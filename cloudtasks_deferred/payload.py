@@ -26,12 +26,14 @@ same arguments, so those tasks still run once ``google.appengine`` is gone.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import io
 import pickle
 import types
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from ._checked_unpickler import BoundedUnpickler, DecodeLimitError
 from .errors import PayloadRefusedError
 from .frame import InvalidPayloadError, decode
 
@@ -201,8 +203,8 @@ def load_call(pickled: bytes, *, loads: Callable[[bytes], Any] | None = None) ->
         loads = unpickle
     try:
         call = loads(pickled)
-    except (ImportError, AttributeError, PayloadRefusedError):
-        raise
+    except (ImportError, AttributeError, PayloadRefusedError, DecodeLimitError):
+        raise  # DecodeLimitError: an InvalidPayloadError whose text holds no data
     except Exception as exc:
         # "from None": a logged traceback would show the cause's text, which can quote
         # the payload (a UnicodeDecodeError holds the bytes it could not decode).
@@ -221,7 +223,10 @@ def load_call(pickled: bytes, *, loads: Callable[[bytes], Any] | None = None) ->
 def unpickle(pickled: bytes) -> Any:
     """``pickle.loads``, reading the legacy library's :data:`LEGACY_NAMES` as ours.
 
-    Only call it on trusted bytes: it restricts nothing else.
+    Only call it on trusted bytes: it restricts nothing else. Pickles of protocol 3
+    or later (Python 3's) go to the C unpickler; protocols 0-2, which Python 2 wrote,
+    to :class:`~cloudtasks_deferred._checked_unpickler.BoundedUnpickler`, which reads
+    Python 2 strings and dates as the migration guide describes.
 
     Args:
         pickled: A pickle.
@@ -232,13 +237,23 @@ def unpickle(pickled: bytes) -> Any:
     Raises:
         pickle.UnpicklingError, ImportError, AttributeError, ...: As ``pickle.loads``.
     """
-    return _LegacyNamesUnpickler(io.BytesIO(pickled)).load()
+    if pickled[:1] == pickle.PROTO and pickled[1:2] >= b"\x03":
+        return _LegacyNamesUnpickler(io.BytesIO(pickled)).load()
+    return BoundedUnpickler(pickled, find=_find_legacy_names).load()
 
 
 class _LegacyNamesUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         module, name = LEGACY_NAMES.get((module, name), (module, name))
         return super().find_class(module, name)
+
+
+def _find_legacy_names(module: str, name: str) -> Any:
+    module, name = LEGACY_NAMES.get((module, name), (module, name))
+    found: Any = importlib.import_module(module)
+    for part in name.split("."):
+        found = getattr(found, part)
+    return found
 
 
 def _safe_reason(error: Exception) -> str:
