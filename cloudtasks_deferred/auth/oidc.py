@@ -3,12 +3,17 @@
 A token is accepted only if, in this order:
 
 1. it is a compact JWT no longer than :data:`MAX_TOKEN_BYTES`, made only of base64url
-   characters and two dots (base64 decoders skip other characters, so two different
-   strings could otherwise carry one token);
-2. its header says ``alg: RS256`` (``none``, ``HS256`` and the rest are refused
-   before any key is looked up) and names a key ID the certificate source knows;
-3. ``exp`` and ``iat`` are numbers, the token has not expired and was not issued
-   in the future, give or take :data:`CLOCK_SKEW_SECONDS`;
+   characters and two dots, each part in its one canonical encoding (base64 decoders
+   skip other characters and ignore unused low bits, so two different strings could
+   otherwise carry one token, and fill the cache of verified tokens);
+2. its header and claims are JSON objects parsed strictly (no ``NaN`` or
+   ``Infinity``, nesting within Python's recursion limit); its header says
+   ``alg: RS256`` (``none``, ``HS256`` and the rest are refused before any key is
+   looked up) and names a key ID the certificate source knows;
+3. ``exp`` and ``iat`` (and ``nbf`` if present) are finite numbers between 0 and
+   :data:`MAX_TIMESTAMP` (booleans, strings, ``1e400`` and ``10**400`` are refused),
+   the token has not expired and was not issued in the future, give or take
+   :data:`CLOCK_SKEW_SECONDS`;
 4. its signature verifies against that key (``google.auth.jwt.decode``);
 5. ``iss`` is Google (``accounts.google.com`` with or without ``https://``) — a
    check ``google.oauth2.id_token.verify_token`` does not make;
@@ -16,7 +21,9 @@ A token is accepted only if, in this order:
 7. ``email`` is one of the allowed invokers and ``email_verified`` is true.
 
 Each refusal raises :class:`AuthenticationError` with a reason safe to return to
-the caller: it says which check failed and never echoes configuration.
+the caller: it says which check failed and never echoes configuration. Nothing in
+a token, however malformed, raises anything else: the handler answers 403 and logs
+one warning, never a traceback.
 
 Audiences are compared as exact strings. The default audience is the origin of
 ``CLOUDTASKS_DEFERRED_BASE_URL`` (``https://host[:port]``, no path, no query), which is
@@ -36,6 +43,10 @@ that the token has not expired and that its signing key is still published.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import math
 import re
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -50,6 +61,7 @@ from .token_cache import DEFAULT_MAX_ENTRIES, CachedToken, VerifiedTokens
 __all__ = [
     "CLOCK_SKEW_SECONDS",
     "GOOGLE_ISSUERS",
+    "MAX_TIMESTAMP",
     "MAX_TOKEN_BYTES",
     "AuthenticationError",
     "OIDCVerifier",
@@ -61,6 +73,8 @@ GOOGLE_ISSUERS: Final = ("accounts.google.com", "https://accounts.google.com")
 CLOCK_SKEW_SECONDS: Final = 10
 #: Longer tokens are refused before parsing; Google ID tokens are about 1 KB.
 MAX_TOKEN_BYTES: Final = 16 * 1024
+#: Latest time claim accepted, in seconds since the epoch (the year 2286).
+MAX_TIMESTAMP: Final = 10**10
 # header.payload.signature, base64url without padding (the signature may be empty,
 # so that alg "none" is refused by name).
 _COMPACT_JWT: Final = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
@@ -146,14 +160,10 @@ class OIDCVerifier:
         return frozen
 
     def _verify_signature(self, token: str) -> tuple[Mapping[str, Any], str, str]:
-        """Checks the header, the times and the signature: steps 2-4 of the module docstring."""
-        from google.auth import exceptions, jwt
+        """Checks the header, the times and the signature: steps 1-4 of the module docstring."""
+        from google.auth import jwt
 
-        try:
-            header = jwt.decode_header(token)
-            unverified = jwt.decode(token, verify=False)
-        except (ValueError, TypeError, exceptions.GoogleAuthError) as exc:
-            raise AuthenticationError("the bearer token is not a valid JWT") from exc
+        header, unverified = _parse(token)
         if header.get("alg") != "RS256":
             raise AuthenticationError("the token is not signed with RS256")
         kid = header.get("kid")
@@ -167,7 +177,9 @@ class OIDCVerifier:
             claims: Mapping[str, Any] = jwt.decode(
                 token, certs={kid: cert}, verify=True, clock_skew_in_seconds=self.clock_skew
             )
-        except (ValueError, TypeError, exceptions.GoogleAuthError) as exc:
+        except Exception as exc:
+            # Only the token's bytes reach this call (the certificate is known): any
+            # failure is the token's, and a refusal, never a server error.
             raise AuthenticationError("the token signature does not verify") from exc
         return claims, kid, cert
 
@@ -179,12 +191,54 @@ class OIDCVerifier:
         if exp + self.clock_skew < now:
             raise AuthenticationError("the token has expired")
         nbf = _number(claims, "nbf")
+        if nbf is None and "nbf" in claims:
+            raise AuthenticationError("the token's nbf claim is not a valid time")
         if max(iat, nbf or iat) - self.clock_skew > now:
             raise AuthenticationError("the token is not valid yet")
 
 
+def _parse(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The header and claims of a compact JWT, parsed strictly (module docstring, 1-2)."""
+    header_b64, claims_b64, signature_b64 = token.split(".")
+    if not _canonical(signature_b64):
+        raise AuthenticationError("the bearer token is not a valid JWT")
+    return _json_object(header_b64), _json_object(claims_b64)
+
+
+def _canonical(segment: str) -> bool:
+    """Whether ``segment`` is the one base64url encoding of the bytes it decodes to."""
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        return False
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode() == segment
+
+
+def _json_object(segment: str) -> dict[str, Any]:
+    if not _canonical(segment):
+        raise AuthenticationError("the bearer token is not a valid JWT")
+    try:
+        value = json.loads(
+            base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)),
+            parse_constant=_no_constant,
+        )
+    except (ValueError, RecursionError):
+        raise AuthenticationError("the bearer token is not a valid JWT") from None
+    if not isinstance(value, dict):
+        raise AuthenticationError("the bearer token is not a valid JWT")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"JSON constant {name} is not allowed in a token")
+
+
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
+    """A time claim, or ``None`` unless it is a finite number in [0, MAX_TIMESTAMP]."""
     value = claims.get(name)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    if not 0 <= value <= MAX_TIMESTAMP:  # compared exactly: 10**400 never becomes a float
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
