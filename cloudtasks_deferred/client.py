@@ -24,11 +24,14 @@ import importlib
 import importlib.util
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from . import binding
+from ._checked_unpickler import DecodeBudget
 from ._memo import once_per_process
 from .auth import Authenticator, authenticator_for
 from .auth.dev import DEV_INVOKER, DevKey, dev_key
@@ -123,9 +126,12 @@ class Client:
         satisfy before it is unpickled is decided in one place:
 
         * with ``settings.signing_keys``, the frame must be signed by one of them
-          (checked in constant time before anything else is parsed);
-        * with ``settings.allowed_modules``, the pickle may reference only allowed
-          code, refused before its module is imported.
+          (checked in constant time before anything else is parsed), for this
+          service and recently enough (:mod:`cloudtasks_deferred.binding`);
+        * with ``settings.allowed_modules``, the pickle may reference and run only
+          allowed code, refused before its module is imported, and unpickling it
+          may cost only a budget proportional to the body's size
+          (:mod:`cloudtasks_deferred.unpickling`).
 
         Args:
             body: The request body (a frame, or a bare legacy pickle).
@@ -137,9 +143,24 @@ class Client:
             UnsupportedPayloadError: The frame needs a newer version of the library.
             ImportError, AttributeError: The pickle names code this deployment lacks.
         """
-        keys = self.settings.verification_keys
+        settings = self.settings
+        keys = settings.verification_keys
         decoded = decode(body, keys=keys, require_signature=keys is not None)
-        func, args, kwargs = load_call(decoded.pickled, loads=self._loads)
+        if decoded.key_id is not None:
+            binding.check(
+                decoded.metadata,
+                destinations=settings.payload_destinations,
+                max_age=settings.payload_max_age,
+                now=time.time(),
+                require=settings.require_bound_payloads,
+            )
+        if self._allowlist is None:
+            loads = unpickle
+        else:
+            loads = functools.partial(
+                self._allowlist.loads, budget=DecodeBudget.for_body(len(body))
+            )
+        func, args, kwargs = load_call(decoded.pickled, loads=loads)
         return OpenedPayload(decoded.metadata, func, args, kwargs)
 
     def frame_payload(
@@ -161,10 +182,10 @@ class Client:
         return encode(pickled, metadata, compress=compress, signing_key=self.settings.signing_key)
 
     @functools.cached_property
-    def _loads(self) -> Callable[[bytes], Any]:
+    def _allowlist(self) -> Allowlist | None:
         if not self.settings.allowed_modules:
-            return unpickle
-        return Allowlist(self.settings.allowed_modules).loads
+            return None
+        return Allowlist(self.settings.allowed_modules)
 
     def queue_path(self, queue: str | None = None) -> str:
         """Returns ``projects/P/locations/L/queues/Q`` for ``queue`` (default: the settings').

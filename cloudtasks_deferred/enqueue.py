@@ -18,7 +18,8 @@ A payload too large for a task is compressed or stored in Datastore
 outbox (:mod:`cloudtasks_deferred.outbox`).
 
 With ``CLOUDTASKS_DEFERRED_SIGNING_KEYS`` set, the body is signed with the first key
-(:mod:`cloudtasks_deferred.signing`); the handler then refuses unsigned bodies.
+(:mod:`cloudtasks_deferred.signing`) and bound to its destination and issue time
+(:mod:`cloudtasks_deferred.binding`); the handler then refuses unsigned bodies.
 
 Errors from the service are translated where a legacy name exists
 (``ALREADY_EXISTS`` -> :class:`~cloudtasks_deferred.TaskAlreadyExistsError`) and
@@ -31,6 +32,7 @@ imports it.
 from __future__ import annotations
 
 import functools
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -39,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Final
 from google.api_core import exceptions
 from google.cloud import tasks_v2
 
-from . import limits, oversized
+from . import binding, limits, oversized
 from .errors import ConfigurationError, TaskAlreadyExistsError, TombstonedTaskError
 from .options import TaskOptions, split_options
 from .payload import serialize
@@ -52,7 +54,14 @@ if TYPE_CHECKING:
     from .client import Client
     from .transports import Transport
 
-__all__ = ["CONTENT_TYPE", "build_task", "create_task", "enqueue", "task_builder"]
+__all__ = [
+    "CONTENT_TYPE",
+    "build_task",
+    "create_task",
+    "destination_for",
+    "enqueue",
+    "task_builder",
+]
 
 #: The legacy deferred library's Content-Type for payloads.
 CONTENT_TYPE: Final = "application/octet-stream"
@@ -83,6 +92,9 @@ def enqueue(
         metadata.update(retry_metadata(options.retry_options, scheduled_at))
     pickled = serialize(obj, *args, **call_kwargs)
     parent = client.queue_path(options.queue)
+    if client.settings.signing_key is not None:
+        destination = destination_for(options, client.settings, parent)
+        metadata = binding.bind(metadata, destination, time.time())
     if options.transactional:
         try:
             from .outbox import enqueue_transactional
@@ -197,7 +209,7 @@ def build_task(
                 "task (CLOUDTASKS_DEFERRED_BASE_URL is set or _url is absolute)"
             )
         request = task.http_request
-        request.url = options.url if options.is_absolute_url else _join(settings, options.url)
+        request.url = _http_url(options, settings)
         request.http_method = tasks_v2.HttpMethod.POST
         audience = _audience(settings, request.url)
         if settings.dev_mode:
@@ -236,6 +248,27 @@ def build_task(
         task.dispatch_deadline.FromTimedelta(options.dispatch_deadline)
     built: tasks_v2.Task = tasks_v2.Task.wrap(task)
     return built
+
+
+def destination_for(options: TaskOptions, settings: Settings, parent: str) -> str:
+    """Where a task goes, as a signed payload is bound to it (:mod:`~cloudtasks_deferred.binding`).
+
+    Args:
+        options: Validated ``defer`` options.
+        settings: Where tasks go.
+        parent: The queue's full resource name (its project is the App Engine app's).
+
+    Returns:
+        The HTTP task's OIDC audience, or ``app-engine:PROJECT/SERVICE``.
+    """
+    if options.is_absolute_url or settings.base_url:
+        return _audience(settings, _http_url(options, settings))
+    service = options.target.split(".")[-1] if options.target else settings.app_engine_service
+    return binding.app_engine_destination(parent.split("/")[1], service)
+
+
+def _http_url(options: TaskOptions, settings: Settings) -> str:
+    return options.url if options.is_absolute_url else _join(settings, options.url)
 
 
 def _set_timestamp(timestamp: Any, when: datetime) -> None:

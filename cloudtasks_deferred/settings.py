@@ -41,6 +41,10 @@ variable                                  meaning (default)
 ``CLOUDTASKS_DEFERRED_ALLOWED_MODULES``   comma-separated module prefixes or exact names
                                           payloads may reference (anything; see
                                           :mod:`cloudtasks_deferred.unpickling`)
+``CLOUDTASKS_DEFERRED_PAYLOAD_MAX_AGE``   seconds after which a signed payload is refused
+                                          (32 days; see :mod:`cloudtasks_deferred.binding`)
+``CLOUDTASKS_DEFERRED_REQUIRE_BOUND_``    ``true`` to refuse signed payloads without a
+``PAYLOADS``                              destination, as release 0.1 wrote them (false)
 ========================================  ==================================================
 
 The platform is detected from the variables the platforms set: ``GAE_ENV=standard``
@@ -63,11 +67,11 @@ from types import MappingProxyType
 from typing import Final
 from urllib.parse import urlsplit
 
-from . import limits
+from . import binding, limits
 from .errors import ConfigurationError
 from .frame import SigningKey
 from .signing import parse_signing_keys
-from .unpickling import check_entries
+from .unpickling import ALLOWED_MODULES_VARIABLE, check_entries
 
 __all__ = ["GOOGLE_OIDC_CERTS_URL", "Platform", "Settings", "origin", "queue_path"]
 
@@ -99,7 +103,9 @@ _ENV_NAMES: Final = {
     "dev_key_file": f"{_PREFIX}DEV_KEY_FILE",
     "ndb": f"{_PREFIX}NDB",
     "signing_keys": f"{_PREFIX}SIGNING_KEYS",
-    "allowed_modules": f"{_PREFIX}ALLOWED_MODULES",
+    "allowed_modules": ALLOWED_MODULES_VARIABLE,
+    "payload_max_age": f"{_PREFIX}PAYLOAD_MAX_AGE",
+    "require_bound_payloads": f"{_PREFIX}REQUIRE_BOUND_PAYLOADS",
 }
 
 
@@ -180,6 +186,10 @@ class Settings:
             are neither signed nor checked.
         allowed_modules: Module prefixes or exact names a payload may reference
             (:mod:`cloudtasks_deferred.unpickling`). Empty: no allowlist.
+        payload_max_age: Seconds after its signing at which a signed payload is
+            refused (:mod:`cloudtasks_deferred.binding`).
+        require_bound_payloads: Refuse signed payloads that carry no destination
+            (written by release 0.1) instead of accepting them with a warning.
 
     Raises:
         ConfigurationError: A value is invalid; the message names the field and its
@@ -203,6 +213,8 @@ class Settings:
     ndb: bool | None = None
     signing_keys: tuple[SigningKey, ...] = ()
     allowed_modules: tuple[str, ...] = ()
+    payload_max_age: float = binding.DEFAULT_MAX_AGE
+    require_bound_payloads: bool = False
 
     def __post_init__(self) -> None:
         if self.project is not None:
@@ -227,6 +239,13 @@ class Settings:
             host, _, port = self.emulator_host.rpartition(":")
             _check(host and port.isdigit(), "emulator_host", "host:port, e.g. 127.0.0.1:8123")
         _check_signing_keys(self.signing_keys)
+        _check(
+            not isinstance(self.payload_max_age, bool)
+            and isinstance(self.payload_max_age, (int, float))
+            and 60 <= self.payload_max_age <= binding.DEFAULT_MAX_AGE,
+            "payload_max_age",
+            f"seconds from 60 to {binding.DEFAULT_MAX_AGE} (32 days)",
+        )
         try:
             check_entries(self.allowed_modules)
         except ValueError as exc:
@@ -289,6 +308,12 @@ class Settings:
                 get("signing_keys"), variable=_ENV_NAMES["signing_keys"]
             ),
             allowed_modules=_csv(get("allowed_modules")),
+            payload_max_age=_seconds("payload_max_age", get("payload_max_age"))
+            or binding.DEFAULT_MAX_AGE,
+            require_bound_payloads=_flag(
+                "require_bound_payloads", get("require_bound_payloads"), default=False
+            )
+            or False,
         )
 
     @functools.cached_property
@@ -310,6 +335,18 @@ class Settings:
         if self.allowed_invokers:
             return self.allowed_invokers
         return (self.service_account,) if self.service_account else ()
+
+    @functools.cached_property
+    def payload_destinations(self) -> frozenset[str]:
+        """Destinations a signed payload may be bound to here (:mod:`~cloudtasks_deferred.binding`).
+
+        The audiences tokens may carry, and on App Engine
+        ``app-engine:PROJECT/SERVICE`` of this service.
+        """
+        destinations = set(self.effective_audiences)
+        if self.platform is Platform.APP_ENGINE and self.project:
+            destinations.add(binding.app_engine_destination(self.project, self.app_engine_service))
+        return frozenset(destinations)
 
     @functools.cached_property
     def signing_key(self) -> SigningKey | None:
@@ -408,6 +445,15 @@ def _flag(
         return None
     choices = "true/false" + ("/auto" if allow_auto else "")
     raise ConfigurationError(f"{_ENV_NAMES[field]}={value!r}: expected {choices}.")
+
+
+def _seconds(field: str, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigurationError(f"{_ENV_NAMES[field]}={value!r}: expected seconds.") from None
 
 
 def _project_from_gae_application(value: str | None) -> str | None:
