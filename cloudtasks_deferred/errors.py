@@ -6,16 +6,18 @@ and ``google.appengine.api.taskqueue``::
     Error
      ├── PermanentTaskFailure      raise it in a task: log, do not retry (HTTP 200)
      │    └── frame.InvalidPayloadError     the body is no payload (truncated, corrupt)
+     │         └── _checked_unpickler.DecodeLimitError  ... or costs more than its budget
      ├── SingularTaskFailure       raise it in a task: retry without an error log (HTTP 408)
      ├── TaskAlreadyExistsError    defer(_name=...) reused a name Cloud Tasks still holds
      │    └── TombstonedTaskError   ... a name whose task ended within the dedupe window
      ├── BadTransactionStateError  defer(_transactional=True) outside an NDB transaction
      ├── PayloadTooLargeError      a payload too big even for Datastore: nothing was sent
      ├── ConfigurationError        a setting is missing or invalid; the message names it
-     ├── PayloadRefusedError       a task body failed a payload check before unpickling (403)
-     │    ├── frame.PayloadSignatureError      ... unsigned or badly signed
-     │    └── unpickling.DisallowedReferenceError  ... names code outside the allowlist,
-     │                                         or would fill in an object it named
+     ├── PayloadRefusedError       a task body failed a payload check before running (403)
+     │    ├── frame.PayloadSignatureError      ... unsigned, badly signed, or signed for
+     │    │                                    another service or too long ago (binding)
+     │    └── unpickling.DisallowedReferenceError  ... names or runs code outside the
+     │                                         allowlist, or would fill in an object it named
      ├── frame.UnsupportedPayloadError  a newer version of the library wrote it (500)
      ├── auth.AuthenticationError  the request is not from an allowed caller (403)
      ├── auth.CertsUnavailableError  no certificates to verify tokens with (503)

@@ -18,9 +18,15 @@ Layout, integers big-endian::
 :func:`decode` checks, in this order, the header, the signature (in constant time,
 before anything else is parsed), the metadata, and decompresses with a bound on
 the result, so that neither a forged frame nor a compression bomb gets further.
+Where a signature is required, a body is verified or refused
+(:class:`PayloadSignatureError`, 403): a truncated or unsigned frame included.
 :func:`read_header` reads the header alone, verifying nothing (for tools).
-A bare pickle (protocol 2 or later, what the legacy ``serialize`` returned) is
-accepted as an unsigned, unframed body.
+
+A bare pickle, what the legacy ``serialize`` returned, is accepted as an unsigned,
+unframed body: protocol 2 or later (it starts with ``PROTO``), or protocols 0 and 1,
+which Python 2 wrote by default and the bundled Python 3 library wrote for
+cross-compatibility (a task's ``(callable, args, kwargs)`` tuple starts with
+``MARK``).
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ _KNOWN_FLAGS: Final = FLAG_COMPRESSED | FLAG_SIGNED
 _HEADER: Final = struct.Struct(">4sBBH")  # magic, version, flags, metadata length
 _MAC_BYTES: Final = 32
 _PICKLE_PROTO: Final = 0x80  # first byte of every pickle of protocol 2 or later
+_PICKLE_MARK: Final = ord("(")  # first byte of a protocol 0 or 1 pickle of a tuple
 _KEY_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 #: Largest pickle a frame may decompress to, in bytes; larger is a compression bomb.
@@ -243,15 +250,20 @@ def decode(
         The metadata and the pickle.
 
     Raises:
-        PayloadSignatureError: A signature is required and missing, or is wrong.
+        PayloadSignatureError: A signature is required and missing, truncated or wrong.
         InvalidPayloadError: The body is malformed or inflates too far.
         UnsupportedPayloadError: The frame's version or flags are newer than this code.
     """
-    header = read_header(data)
+    try:
+        header = read_header(data)
+    except InvalidPayloadError as exc:
+        if require_signature:  # nothing unverified gets further than a refusal
+            raise PayloadSignatureError(f"the payload is not signed: {exc}") from None
+        raise
     if header is None:
         if require_signature:
             raise PayloadSignatureError("the payload is not signed")
-        if data[:1] == bytes([_PICKLE_PROTO]):
+        if data[:1] in (bytes([_PICKLE_PROTO]), bytes([_PICKLE_MARK])):
             return DecodedFrame(metadata={}, pickled=data)
         raise InvalidPayloadError("the body is not a deferred task payload")
     key_id = None

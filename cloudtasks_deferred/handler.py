@@ -21,6 +21,7 @@ the callable returned                                  200     no
 the task's own ``_retry_options`` are exhausted        200     no (logged, dead letter)
 ``SingularTaskFailure``                                408     yes
 any other exception, incl. missing code                500     yes
+a frame written by a newer release (rolling deploy)    500     yes (a warning, no traceback)
 caller not authenticated                               403     yes
 payload unsigned, badly signed, or outside allowlist   403     yes (nothing unpickled)
 no certificates to verify tokens with                  503     yes
@@ -48,6 +49,7 @@ from .client import Client, current_client
 from .context import TaskInfo, running
 from .deadletters import DeadLetter
 from .errors import PayloadRefusedError, PermanentTaskFailure, SingularTaskFailure
+from .frame import UnsupportedPayloadError
 from .retry import exhausted
 from .settings import Settings
 
@@ -375,6 +377,14 @@ def _conclude(
         _dead_letter(client, task, body, payload, str(reason))
     elif outcome is Outcome.SINGULAR_FAILURE:
         _logger.debug("%s: %s raised SingularTaskFailure; retry forced", where, what)
+    elif isinstance(error, UnsupportedPayloadError):
+        # A rolling deploy: the newer release's instances will run it.
+        _logger.warning(
+            "%s: the payload was written by a newer release of cloudtasks_deferred (%s); "
+            "Cloud Tasks retries it until this service runs that release",
+            where,
+            error,
+        )
     else:
         _logger.error("%s: %s failed; Cloud Tasks will retry it", where, what, exc_info=error)
     return Attempt(outcome, error=error)

@@ -157,9 +157,10 @@ def test_legacy_module_exposes_the_same_functions() -> None:
 
 # --- what an error may say about a payload ------------------------------------------------
 
-SECRET = b"password=hunter2 \xc3\xa9"
-#: A Python 2 era pickle: (len, ('password=hunter2 \xc3\xa9',), {}), a py2 str (SHORT_BINSTRING).
-PY2_STR = b"\x80\x02c__builtin__\nlen\nU" + bytes([len(SECRET)]) + SECRET + b"\x85}\x87."
+SECRET = b"password=hunter2 \xc3("
+#: (len, ('password=hunter2 \xc3(',), {}) whose text is not UTF-8: the decoder's error
+#: quotes the bytes.
+BAD_TEXT = b"\x80\x03cbuiltins\nlen\nX" + len(SECRET).to_bytes(4, "little") + SECRET + b"\x85}\x87."
 #: int("password=hunter2") while unpickling: the ValueError quotes the argument.
 BAD_INT = b"\x80\x02c__builtin__\nint\nX\x10\x00\x00\x00password=hunter2\x85R)}\x87."
 
@@ -167,10 +168,10 @@ BAD_INT = b"\x80\x02c__builtin__\nint\nX\x10\x00\x00\x00password=hunter2\x85R)}\
 @pytest.mark.parametrize(
     ("pickled", "reason"),
     [
-        (PY2_STR, "UnicodeDecodeError: a string is not valid ascii (a Python 2 str"),
+        (BAD_TEXT, "UnicodeDecodeError: a string is not valid utf-8"),
         (BAD_INT, "ValueError"),
     ],
-    ids=["undecodable py2 str", "constructor error"],
+    ids=["undecodable text", "constructor error"],
 )
 def test_unpickling_errors_name_the_error_never_the_payload(pickled: bytes, reason: str) -> None:
     with pytest.raises(InvalidPayloadError) as caught:
@@ -185,7 +186,7 @@ def test_an_undecodable_payload_leaves_no_argument_in_logs_or_dead_letters(
 ) -> None:
     auth = {"Authorization": f"Bearer {issuer.token()}"}
     with caplog.at_level(logging.DEBUG):
-        response = call(Handler(client=signed_client), environ(PY2_STR, headers=auth))
+        response = call(Handler(client=signed_client), environ(BAD_TEXT, headers=auth))
     assert (response.code, response.body) == (200, b"PermanentTaskFailure")
     assert isinstance(signed_client.dead_letters, InMemoryDeadLetters)
     [letter] = signed_client.dead_letters.letters
