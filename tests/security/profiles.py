@@ -12,7 +12,7 @@ from tests.security.cases import Kit, Request, harmless_frame
 
 #: The signed profile's key (a test key: random bytes need not be secret here).
 SIGNING_KEY = SigningKey("battery-1", bytes(range(7, 39)))
-ALLOWED_MODULES = "tests.security.allowed_tasks"
+ALLOWED_MODULES = "tests.security.allowed_tasks,tests.security.allowed_pkg"
 IMPORT_CANARY = "tests.security.import_canary"
 
 
@@ -51,6 +51,8 @@ def environments(
             "CLOUDTASKS_DEFERRED_SIGNING_KEYS": f"{SIGNING_KEY.key_id}:{secret}",
             "CLOUDTASKS_DEFERRED_ALLOWED_MODULES": ALLOWED_MODULES,
         },
+        # Cloud Run with an allowlist but unsigned payloads: the attacker holds a token.
+        "allowlisted": {**cloud_run, "CLOUDTASKS_DEFERRED_ALLOWED_MODULES": ALLOWED_MODULES},
         # Dev mode switched on in a deployed service: it must refuse to start serving tasks.
         "dev-mode-on-cloud-run": {**cloud_run, **dev_mode},
         "dev-mode-on-app-engine": {**app_engine, **dev_mode},
@@ -66,6 +68,7 @@ HEALTH: dict[str, tuple[Callable[[Kit], Request], int]] = {
         lambda kit: Request(headers=kit.bearer(), body=harmless_frame(kit.signing_key)),
         200,
     ),
+    "allowlisted": (lambda kit: Request(headers=kit.bearer(), body=harmless_frame()), 200),
     "dev-mode-on-cloud-run": (lambda kit: Request(method="GET"), 405),
     "dev-mode-on-app-engine": (lambda kit: Request(method="GET"), 405),
     "no-certs": (lambda kit: Request(method="GET"), 405),
