@@ -37,13 +37,13 @@ from ._wsgi import WSGIApp
 from .auth import authenticator_for
 from .auth.certs import StaticCerts
 from .auth.dev import DevKey, dev_key
-from .client import Client
+from .client import Client, clear_default_client
 from .deadletters import DeadLetter, InMemoryDeadLetters
 from .handler import Handler
 from .settings import Settings
 from .transports.memory import InMemoryTransport
 
-__all__ = ["TEST_SETTINGS", "InMemoryQueue", "in_memory_queue"]
+__all__ = ["TEST_SETTINGS", "InMemoryQueue", "in_memory_queue", "reset_default_client"]
 
 #: Settings used when a test gives none: HTTP tasks for a service at https://tasks.test.
 TEST_SETTINGS = Settings(
@@ -223,6 +223,25 @@ def in_memory_queue(
     queue = InMemoryQueue(settings or TEST_SETTINGS, app=app, max_attempts=max_attempts)
     with queue.client.bind():
         yield queue
+
+
+def reset_default_client() -> None:
+    """Forgets the process's default client; the next use builds it from the environment.
+
+    The default client (what ``defer`` and a ``Handler()`` without settings use
+    outside :func:`in_memory_queue`) already follows the environment: it is rebuilt
+    whenever a variable :meth:`Settings.from_env` reads has changed, so a test's
+    ``monkeypatch.setenv`` takes effect without this. Call it between tests to
+    start from nothing: a fresh authenticator (and verified-token cache), and the
+    NDB probe of auto mode made again. A fixture::
+
+        @pytest.fixture(autouse=True)
+        def fresh_deferred_client():
+            reset_default_client()
+            yield
+            reset_default_client()
+    """
+    clear_default_client()
 
 
 @once_per_process
