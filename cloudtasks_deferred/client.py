@@ -7,6 +7,9 @@ The legacy API is module functions (``deferred.defer(...)``); they act on the
   :func:`~cloudtasks_deferred.wrap_wsgi_app` or a :class:`~cloudtasks_deferred.Handler`
   built with explicit settings serves, and inside
   :func:`~cloudtasks_deferred.testing.in_memory_queue` — that client;
+* otherwise, inside ``with as_process_default(client):`` (which
+  :func:`~cloudtasks_deferred.testing.in_memory_queue` opens too), in any thread,
+  that client;
 * otherwise the process's default client, created on first use from
   :meth:`Settings.from_env <cloudtasks_deferred.settings.Settings.from_env>` and
   rebuilt when the variables it read change (see :func:`default_client`).
@@ -45,7 +48,13 @@ if TYPE_CHECKING:
 
     from .transports import Transport
 
-__all__ = ["Client", "clear_default_client", "current_client", "default_client"]
+__all__ = [
+    "Client",
+    "as_process_default",
+    "clear_default_client",
+    "current_client",
+    "default_client",
+]
 
 _logger = logging.getLogger(__name__)
 _bound: contextvars.ContextVar[Client | None] = contextvars.ContextVar(
@@ -273,7 +282,58 @@ def current_client() -> Client:
     Raises:
         ConfigurationError: The default client's environment is invalid.
     """
-    return _bound.get() or default_client()
+    return _bound.get() or _PROCESS_DEFAULTS.top() or default_client()
+
+
+@contextlib.contextmanager
+def as_process_default(client: Client) -> Iterator[Client]:
+    """Makes ``client`` stand in for the default client in every thread, for the block.
+
+    Unlike :meth:`Client.bind`, which holds for the block's context only, this
+    reaches threads the code under test starts (a ``ThreadPoolExecutor`` does not
+    copy context variables): :func:`~cloudtasks_deferred.testing.in_memory_queue`
+    uses it. A client bound with :meth:`Client.bind` still wins where it is bound.
+    Blocks may nest and overlap across threads: the one entered last (and not yet
+    left) stands in; leaving a block removes only its own client.
+
+    Args:
+        client: The client to use instead of the default client.
+
+    Yields:
+        ``client``.
+    """
+    _PROCESS_DEFAULTS.push(client)
+    try:
+        yield client
+    finally:
+        _PROCESS_DEFAULTS.remove(client)
+
+
+class _ProcessDefaults:
+    """The clients of the :func:`as_process_default` blocks now open, oldest first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clients: tuple[Client, ...] = ()
+
+    def top(self) -> Client | None:
+        clients = self._clients  # one read: a tuple replaced whole, never changed
+        return clients[-1] if clients else None
+
+    def push(self, client: Client) -> None:
+        with self._lock:
+            self._clients = (*self._clients, client)
+
+    def remove(self, client: Client) -> None:
+        with self._lock:
+            clients = list(self._clients)
+            # The last occurrence: the same client may be pushed by nested blocks.
+            index = max(i for i, each in enumerate(clients) if each is client)
+            del clients[index]
+            self._clients = tuple(clients)
+
+
+_PROCESS_DEFAULTS: Final = _ProcessDefaults()
 
 
 @functools.cache
