@@ -1,7 +1,8 @@
 """Configuration: one frozen :class:`Settings` object, read from the environment in one place.
 
 :meth:`Settings.from_env` is the only code in the library that reads environment
-variables, apart from one guard: dev mode refuses to switch on when the process
+variables, apart from :func:`environment_key` (which tells the default client whether
+they changed) and one guard: dev mode refuses to switch on when the process
 environment says App Engine or Cloud Run, however the settings were built (and
 hand-built ``LOCAL`` settings on App Engine log a warning). Apps
 and tests may build a :class:`Settings` directly instead, but direct construction
