@@ -7,8 +7,12 @@ The legacy API is module functions (``deferred.defer(...)``); they act on the
   :func:`~cloudtasks_deferred.wrap_wsgi_app` or a :class:`~cloudtasks_deferred.Handler`
   built with explicit settings serves, and inside
   :func:`~cloudtasks_deferred.testing.in_memory_queue` — that client;
+* otherwise, inside ``with as_process_default(client):`` (which
+  :func:`~cloudtasks_deferred.testing.in_memory_queue` opens too), in any thread,
+  that client;
 * otherwise the process's default client, created on first use from
-  :meth:`Settings.from_env <cloudtasks_deferred.settings.Settings.from_env>`.
+  :meth:`Settings.from_env <cloudtasks_deferred.settings.Settings.from_env>` and
+  rebuilt when the variables it read change (see :func:`default_client`).
 
 Binding uses a :class:`contextvars.ContextVar`, so concurrent requests on other
 threads are unaffected. Nothing here touches the network or imports
@@ -28,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from . import binding
 from ._checked_unpickler import DecodeBudget
@@ -39,7 +43,7 @@ from .deadletters import DeadLetterSink, LoggingDeadLetters
 from .errors import ConfigurationError
 from .frame import decode, encode
 from .payload import OpenedPayload, load_call, unpickle
-from .settings import Platform, Settings, queue_path
+from .settings import Platform, Settings, environment_key, queue_path
 from .unpickling import Allowlist
 
 if TYPE_CHECKING:
@@ -47,7 +51,13 @@ if TYPE_CHECKING:
 
     from .transports import Transport
 
-__all__ = ["Client", "current_client", "default_client"]
+__all__ = [
+    "Client",
+    "as_process_default",
+    "clear_default_client",
+    "current_client",
+    "default_client",
+]
 
 _logger = logging.getLogger(__name__)
 _bound: contextvars.ContextVar[Client | None] = contextvars.ContextVar(
@@ -293,7 +303,58 @@ def current_client() -> Client:
     Raises:
         ConfigurationError: The default client's environment is invalid.
     """
-    return _bound.get() or default_client()
+    return _bound.get() or _PROCESS_DEFAULTS.top() or default_client()
+
+
+@contextlib.contextmanager
+def as_process_default(client: Client) -> Iterator[Client]:
+    """Makes ``client`` stand in for the default client in every thread, for the block.
+
+    Unlike :meth:`Client.bind`, which holds for the block's context only, this
+    reaches threads the code under test starts (a ``ThreadPoolExecutor`` does not
+    copy context variables): :func:`~cloudtasks_deferred.testing.in_memory_queue`
+    uses it. A client bound with :meth:`Client.bind` still wins where it is bound.
+    Blocks may nest and overlap across threads: the one entered last (and not yet
+    left) stands in; leaving a block removes only its own client.
+
+    Args:
+        client: The client to use instead of the default client.
+
+    Yields:
+        ``client``.
+    """
+    _PROCESS_DEFAULTS.push(client)
+    try:
+        yield client
+    finally:
+        _PROCESS_DEFAULTS.remove(client)
+
+
+class _ProcessDefaults:
+    """The clients of the :func:`as_process_default` blocks now open, oldest first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clients: tuple[Client, ...] = ()
+
+    def top(self) -> Client | None:
+        clients = self._clients  # one read: a tuple replaced whole, never changed
+        return clients[-1] if clients else None
+
+    def push(self, client: Client) -> None:
+        with self._lock:
+            self._clients = (*self._clients, client)
+
+    def remove(self, client: Client) -> None:
+        with self._lock:
+            clients = list(self._clients)
+            # The last occurrence: the same client may be pushed by nested blocks.
+            index = max(i for i, each in enumerate(clients) if each is client)
+            del clients[index]
+            self._clients = tuple(clients)
+
+
+_PROCESS_DEFAULTS: Final = _ProcessDefaults()
 
 
 @functools.cache
@@ -303,24 +364,58 @@ def _enqueue_module() -> ModuleType:
 
 
 def default_client() -> Client:
-    """Returns the process's default client, built from the environment on first call.
+    """Returns the process's default client, built from the environment.
 
-    Built once even when threads ask at once (a threaded server's first requests), so
-    the process has one authenticator and one cache of verified tokens.
-    ``default_client.cache_clear()`` forgets it, for tests.
+    Rebuilt when a variable :meth:`Settings.from_env` reads has changed since it was
+    built (a test's ``monkeypatch.setenv``, a second app configuring the process),
+    which is checked on each call by comparing the variables' values
+    (:func:`~cloudtasks_deferred.settings.environment_key`, about a microsecond):
+    nothing is parsed again while they stay the same. Built once even when threads
+    ask at once (a threaded server's first requests), so the process has one
+    authenticator and one cache of verified tokens.
+    :func:`cloudtasks_deferred.testing.reset_default_client` (or
+    ``default_client.cache_clear()``) forgets it.
 
     Raises:
         ConfigurationError: The environment is invalid (nothing is remembered then).
     """
-    return _default_client(None)
+    return _DEFAULT_CLIENT.get()
 
 
-@once_per_process
-def _default_client(_: None) -> Client:
-    return Client()
+class _DefaultClient:
+    """The default client and the environment key it was built from."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._built: tuple[tuple[object, ...], Client] | None = None
+
+    def get(self) -> Client:
+        key = environment_key()
+        built = self._built
+        if built is not None and built[0] == key:
+            return built[1]
+        with self._lock:
+            built = self._built
+            if built is None or built[0] != key:
+                # Keyed before reading: a change in between only costs one more build.
+                built = (key, Client(Settings.from_env()))
+                self._built = built
+            return built[1]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._built = None
 
 
-default_client.cache_clear = _default_client.cache_clear  # type: ignore[attr-defined]
+_DEFAULT_CLIENT: Final = _DefaultClient()
+
+
+def clear_default_client() -> None:
+    """Forgets the default client (:func:`cloudtasks_deferred.testing.reset_default_client`)."""
+    _DEFAULT_CLIENT.clear()
+
+
+default_client.cache_clear = clear_default_client  # type: ignore[attr-defined]
 
 
 @once_per_process

@@ -22,7 +22,13 @@ from typing import Any, Protocol
 
 from .context import TaskInfo
 
-__all__ = ["DeadLetter", "DeadLetterSink", "InMemoryDeadLetters", "LoggingDeadLetters"]
+__all__ = [
+    "DeadLetter",
+    "DeadLetterSink",
+    "InMemoryDeadLetters",
+    "LoggingDeadLetters",
+    "record_or_log",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,29 +40,31 @@ class DeadLetter:
         task: The task's headers, as :func:`~cloudtasks_deferred.current_task` saw them.
         callable_name: ``module.qualname`` of the callable, ``None`` if the payload
             did not decode.
-        payload_sha256: Hex SHA-256 of the request body.
-        payload_bytes: Size of the request body.
+        payload_sha256: Hex SHA-256 of the request body; ``None`` when the handler
+            never read it (a ``run_from_request`` override failed before calling the
+            base class).
+        payload_bytes: Size of the request body; ``None`` likewise.
         recorded_at: When the handler gave up (aware UTC).
     """
 
     reason: str
     task: TaskInfo
     callable_name: str | None
-    payload_sha256: str
-    payload_bytes: int
+    payload_sha256: str | None
+    payload_bytes: int | None
     recorded_at: datetime
 
     @classmethod
     def for_payload(
-        cls, *, reason: str, task: TaskInfo, callable_name: str | None, payload: bytes
+        cls, *, reason: str, task: TaskInfo, callable_name: str | None, payload: bytes | None
     ) -> DeadLetter:
-        """Builds a dead letter for ``payload`` recorded now."""
+        """Builds a dead letter for ``payload`` (``None``: not read) recorded now."""
         return cls(
             reason=reason,
             task=task,
             callable_name=callable_name,
-            payload_sha256=hashlib.sha256(payload).hexdigest(),
-            payload_bytes=len(payload),
+            payload_sha256=hashlib.sha256(payload).hexdigest() if payload is not None else None,
+            payload_bytes=len(payload) if payload is not None else None,
             recorded_at=datetime.now(UTC),
         )
 
@@ -85,10 +93,12 @@ class LoggingDeadLetters:
     def record(self, letter: DeadLetter) -> None:
         """Logs ``letter``."""
         self.logger.error(
-            "dead letter: task %s on queue %s (%s): %s",
+            "dead letter: task %s on queue %s (%s; payload %s bytes, sha256 %s): %s",
             letter.task.task_name,
             letter.task.queue_name,
             letter.callable_name or "undecodable payload",
+            letter.payload_bytes if letter.payload_bytes is not None else "unread",
+            letter.payload_sha256 or "-",
             letter.reason,
             extra={"json_fields": {"dead_letter": letter.as_json()}},
         )
@@ -111,3 +121,17 @@ class InMemoryDeadLetters:
         """The letters recorded so far, oldest first."""
         with self._lock:
             return list(self._letters)
+
+
+def record_or_log(sink: DeadLetterSink, letter: DeadLetter) -> None:
+    """Hands ``letter`` to ``sink``; if the sink raises, logs the letter instead.
+
+    The task is answered 200 either way, so its record must not depend on the sink.
+    """
+    try:
+        sink.record(letter)
+    except Exception:
+        LoggingDeadLetters.logger.exception(
+            "the dead-letter sink %s failed; logging the dead letter instead", type(sink).__name__
+        )
+        LoggingDeadLetters().record(letter)

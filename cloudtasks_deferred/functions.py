@@ -15,8 +15,17 @@ before a byte of the body is read), the same statuses (see
 :mod:`cloudtasks_deferred.handler`), 405 for methods other than POST. It serves
 every path, as a function does.
 
+The body is read once, through the request's own ``stream`` (Flask's, which
+applies the ``Content-Length``): functions-framework reads whatever is left after
+the function returns (``request.get_data()``), which under its development server
+(``functions-framework --debug``, werkzeug) would otherwise wait on the socket for
+bytes already consumed, and through an in-memory ``wsgi.input`` fail the request
+after its task ran. The same holds under gunicorn and
+:func:`~cloudtasks_deferred.testing.in_memory_queue`.
+
 Nothing here imports functions-framework or Flask (the ``functions`` extra): the
-request only needs the ``method`` and ``environ`` a Flask ``Request`` has.
+request only needs the ``method``, ``environ`` and ``stream`` a Flask ``Request``
+has (without ``stream``, the body is read from ``environ["wsgi.input"]``).
 """
 
 from __future__ import annotations
@@ -48,6 +57,10 @@ class FunctionRequest(Protocol):
     def environ(self) -> Mapping[str, Any]:
         """The WSGI environ, its body not yet read."""
         ...
+
+
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 def deferred_task(request: FunctionRequest) -> FunctionResponse:
@@ -103,5 +116,27 @@ def _answer(handler: Handler, request: FunctionRequest) -> FunctionResponse:
     if request.method != "POST":
         body, status, headers = response_for(Outcome.METHOD_NOT_ALLOWED)
     else:
-        body, status, headers = handler.post(request.environ)
+        environ: Mapping[str, Any] = request.environ
+        stream = getattr(request, "stream", None)  # Flask's: see the module docstring
+        if stream is not None:
+            environ = {**environ, "wsgi.input": _RequestBody(stream)}
+        body, status, headers = handler.post(environ)
     return body, status.value, headers
+
+
+class _RequestBody:
+    """``wsgi.input`` for the handler: the request's own stream, read on demand.
+
+    Nothing is read before the handler authenticates the request. werkzeug's stream
+    raises when the client sends less than its ``Content-Length``; that is answered
+    as the handler answers a short body (400), not as an error.
+    """
+
+    def __init__(self, stream: _Readable) -> None:
+        self._stream = stream
+
+    def read(self, size: int = -1, /) -> bytes:
+        try:
+            return self._stream.read(size)
+        except Exception:  # werkzeug's ClientDisconnected: a truncated body
+            return b""

@@ -33,8 +33,10 @@ malformed ``Content-Length`` or truncated body         400     yes
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import enum
+import hashlib
 import logging
 import threading
 import time
@@ -47,7 +49,7 @@ from ._wsgi import Response, StartResponse, respond
 from .auth import AuthenticationError, CertsUnavailableError
 from .client import Client, current_client
 from .context import TaskInfo, running
-from .deadletters import DeadLetter
+from .deadletters import DeadLetter, record_or_log
 from .errors import PayloadRefusedError, PermanentTaskFailure, SingularTaskFailure
 from .frame import UnsupportedPayloadError
 from .retry import exhausted
@@ -183,6 +185,13 @@ class Attempt:
     error: Exception | None = None
 
 
+# The attempts run_from_request made inside the current post(): post() maps what an
+# override re-raised by the attempt that raised it (its outcome is already logged).
+_ATTEMPTS: contextvars.ContextVar[list[Attempt] | None] = contextvars.ContextVar(
+    "cloudtasks_deferred_attempts", default=None
+)
+
+
 class Handler:
     """Runs deferred tasks: a WSGI app, plus the legacy ``post`` and ``run_from_request``.
 
@@ -231,7 +240,11 @@ class Handler:
         """Authenticates and runs the task in a POST request; never raises.
 
         Call it from the route of a custom ``_url``, e.g. in Flask
-        ``return deferred.Handler().post(request.environ)``.
+        ``return deferred.Handler().post(request.environ)``. It calls
+        ``self.run_from_request(environ)``, as the legacy handler did, so overrides
+        keep working, and maps what that raises to the module's status table. What
+        an override raises by itself is logged and, if given up, recorded as a dead
+        letter here: no task is answered 2xx without a trace.
 
         Args:
             environ: The request's WSGI environ (its body not yet read).
@@ -239,11 +252,24 @@ class Handler:
         Returns:
             ``(body, status, headers)`` per the module's status table.
         """
-        attempt = self._attempt(environ)
-        return response_for(attempt.outcome, attempt.detail)
+        attempts: list[Attempt] = []
+        token = _ATTEMPTS.set(attempts)
+        try:
+            return self.run_from_request(environ)
+        except Exception as exc:
+            attempt = next((a for a in attempts if a.error is exc), None)
+            if attempt is None:
+                attempt = self._conclude_override(environ, exc)
+            return response_for(attempt.outcome, attempt.detail)
+        finally:
+            _ATTEMPTS.reset(token)
 
     def run_from_request(self, environ: Mapping[str, Any]) -> Response:
         """Like :meth:`post`, but raises what the task raised.
+
+        The legacy extension point: :meth:`post` (and so the WSGI app) calls it for
+        every POST. An override may run code around ``super().run_from_request(environ)``
+        or replace it; whatever it raises is mapped by :meth:`post`.
 
         Args:
             environ: The request's WSGI environ.
@@ -258,9 +284,26 @@ class Handler:
             Exception: Whatever else the task raised.
         """
         attempt = self._attempt(environ)
+        attempts = _ATTEMPTS.get()
+        if attempts is not None:
+            attempts.append(attempt)
         if attempt.error is not None:
             raise attempt.error
         return response_for(attempt.outcome, attempt.detail)
+
+    def _conclude_override(self, environ: Mapping[str, Any], error: Exception) -> Attempt:
+        """Maps, logs and records what an overriding ``run_from_request`` raised itself."""
+        try:
+            client = self._client or current_client()
+            task = TaskInfo.from_environ(environ)
+            return _conclude(client, task, None, payload=None, error=error, elapsed=0.0)
+        except Exception:
+            _logger.exception(
+                "cannot record what %s.run_from_request raised: %r; Cloud Tasks will retry",
+                type(self).__name__,
+                error,
+            )
+            return Attempt(Outcome.ERROR, error=error)
 
     def _attempt(self, environ: Mapping[str, Any]) -> Attempt:
         client = authenticate(self._client, environ, what="task")
@@ -346,23 +389,33 @@ def authenticate(
 def _conclude(
     client: Client,
     task: TaskInfo,
-    body: bytes,
+    body: bytes | None,
     *,
     payload: OpenedPayload | None,
     error: Exception | None,
     elapsed: float,
 ) -> Attempt:
-    """Classifies a run, logs it, and records a dead letter for what is given up."""
+    """Classifies a run, logs it, and records a dead letter for what is given up.
+
+    ``body`` is ``None`` when the handler never read it (a ``run_from_request``
+    override raised before calling the base class). A body that did not decode is
+    logged with its size and SHA-256, never its bytes, so that the dead letter and
+    the log line can be matched to the task later.
+    """
     reason = None
     if outcome_of(error) in (Outcome.SINGULAR_FAILURE, Outcome.ERROR):
         reason = exhausted(payload.metadata if payload is not None else {}, task, time.time())
     outcome = outcome_of(error, retries_exhausted=reason is not None)
     where = f"task {task.task_name} (queue {task.queue_name}, retry {task.retry_count})"
-    what = (
-        payload.callable_name
-        if payload is not None
-        else f"a payload that could not be loaded ({type(error).__name__})"
-    )
+    if payload is not None:
+        what = payload.callable_name
+    elif body is None:
+        what = f"a request its run_from_request override failed ({type(error).__name__})"
+    else:
+        what = (
+            f"a payload that could not be loaded ({type(error).__name__}; "
+            f"{len(body)} bytes, sha256 {hashlib.sha256(body).hexdigest()})"
+        )
     if outcome is Outcome.SUCCESS:
         _logger.info("%s: ran %s in %.0f ms", where, what, elapsed * 1000)
     elif outcome is Outcome.UNAUTHENTICATED:
@@ -391,13 +444,14 @@ def _conclude(
 
 
 def _dead_letter(
-    client: Client, task: TaskInfo, body: bytes, payload: OpenedPayload | None, reason: str
+    client: Client,
+    task: TaskInfo,
+    body: bytes | None,
+    payload: OpenedPayload | None,
+    reason: str,
 ) -> None:
-    client.dead_letters.record(
-        DeadLetter.for_payload(
-            reason=reason,
-            task=task,
-            callable_name=payload.callable_name if payload is not None else None,
-            payload=body,
-        )
+    callable_name = payload.callable_name if payload is not None else None
+    letter = DeadLetter.for_payload(
+        reason=reason, task=task, callable_name=callable_name, payload=body
     )
+    record_or_log(client.dead_letters, letter)

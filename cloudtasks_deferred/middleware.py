@@ -12,14 +12,21 @@ enabled (see ``CLOUDTASKS_DEFERRED_NDB``), requests to the app also run inside a
 NDB context, as legacy code that calls ``Model.get_or_insert`` in a view expects.
 
 With explicit ``settings`` (or ``client``), every request — to the app, to the task
-handler, to the sweeper — runs with that client bound, until the server closes the
-response: a custom ``handler`` without a client of its own, and a streamed response,
-use those settings too.
+handler, to the sweeper — runs with that client bound, until the response ends: a
+custom ``handler`` without a client of its own, and a streamed response, use those
+settings too.
+
+Each request runs in a copy of the caller's :mod:`contextvars` context: its NDB
+context and bound client end with it (when the response is exhausted, closed, or
+garbage-collected unclosed) and never leak into the caller, or into the next
+request served on the thread. A request made from inside another one (a test
+delivering tasks from a view) shares that request's NDB context, as nested calls do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -64,7 +71,22 @@ class DeferredMiddleware:
         self.routes = dict(routes or {})
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        """Serves one request (PEP 3333)."""
+        """Serves one request (PEP 3333).
+
+        The request runs in a copy of the caller's :mod:`contextvars` context, so
+        the client it binds and the NDB context it opens are never visible outside
+        it, whether or not the server closes the response (Flask's test client
+        does not): each request starts from the caller's context, never from what
+        an earlier request left. Both are closed when the response is exhausted or
+        closed, or else when it is garbage-collected.
+        """
+        context = contextvars.copy_context()
+        response, stack = context.run(self._serve, environ, start_response)
+        return ClosingIterator(response, stack, context)
+
+    def _serve(
+        self, environ: dict[str, Any], start_response: StartResponse
+    ) -> tuple[Iterable[bytes], contextlib.ExitStack]:
         path = environ.get("PATH_INFO", "")
         target = self.handler if path in self.paths else self.routes.get(path)
         stack = contextlib.ExitStack()
@@ -79,7 +101,7 @@ class DeferredMiddleware:
         except BaseException:
             stack.close()
             raise
-        return ClosingIterator(response, stack)
+        return response, stack
 
 
 def wrap_wsgi_app(

@@ -25,7 +25,8 @@ headers):
 deletes the entity after a success and after a permanent failure (including a
 failure after which the task's own ``_retry_options`` give up), and keeps it when
 the failure will be retried. A missing entity is a permanent failure, logged with
-its key.
+its key. A stored payload that does not decode is a permanent failure too, but
+its entity is kept (nothing ran), logged at ERROR with its key, size and hash.
 
 Only step 3 touches Datastore (through google-cloud-ndb, imported then): a payload
 that fits inline, compressed or not, costs no Datastore round trip.
@@ -34,6 +35,7 @@ that fits inline, compressed or not, costs no Datastore round trip.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
     from google.cloud import tasks_v2
 
     from .client import Client
+    from .payload import OpenedPayload
 
 __all__ = [
     "CHUNK_BYTES",
@@ -225,7 +228,8 @@ def run_from_datastore(key: object) -> Any:
 
     Raises:
         PermanentTaskFailure: The entity does not exist (logged with its key), is not
-            a payload, or the call raised it.
+            a payload (the entity is kept, logged with its size and hash), or the
+            call raised it.
         ConfigurationError: No NDB context can be opened; says what to configure.
         Exception: What the call raised; the entity is kept for the retry unless the
             task's own retry options are exhausted.
@@ -246,10 +250,9 @@ def run_from_datastore(key: object) -> Any:
                 "already, or its entity was deleted"
             )
         data, keys = loaded
-        metadata: dict[str, Any] = {}
+        payload = _open_stored(client, entity_key, data)
+        metadata = payload.metadata
         try:
-            payload = client.open_payload(data)
-            metadata = payload.metadata
             result = payload.func(*payload.args, **payload.kwargs)
         except PermanentTaskFailure:
             _discard(keys, "its task failed permanently")
@@ -260,6 +263,37 @@ def run_from_datastore(key: object) -> Any:
             raise
         _discard(keys, "its task succeeded")
         return result
+
+
+def _open_stored(client: Client, key: Any, data: bytes) -> OpenedPayload:
+    """Decodes a stored payload; one that does not decode keeps its entity.
+
+    Nothing ran, so nothing is deleted: the entity stays for a fix (a deployment that
+    reads it) and a later ``run_from_datastore(key)``. The log names the key, the
+    size and the SHA-256 of the stored bytes, never the bytes.
+
+    Raises:
+        PermanentTaskFailure: The stored bytes are not a payload (the task is given
+            up, as for any body that is not a payload).
+        Exception: What :meth:`Client.open_payload` raises otherwise (a refused or
+            newer payload, missing code: retried).
+    """
+    from . import storage
+
+    try:
+        return client.open_payload(data)
+    except PermanentTaskFailure as exc:
+        shown = storage.describe(key)
+        digest = hashlib.sha256(data).hexdigest()
+        _logger.error(
+            "the payload stored in %s cannot be decoded (%s: %s; %d bytes, sha256 %s): "
+            "the entity is kept, to run it with run_from_datastore once this is fixed",
+            shown, type(exc).__name__, exc, len(data), digest,
+        )  # fmt: skip
+        raise PermanentTaskFailure(
+            f"the payload stored in {shown} cannot be decoded ({type(exc).__name__}: {exc}; "
+            f"{len(data)} bytes, sha256 {digest}); the entity is kept"
+        ) from exc
 
 
 def _discard(keys: Sequence[Any], why: str) -> None:

@@ -12,16 +12,47 @@
             assert queue.run_pending() == [HTTPStatus.OK]
 
 Inside the block, ``defer`` records the ``google.cloud.tasks_v2.Task`` messages it
-would send to Cloud Tasks. :meth:`InMemoryQueue.run_pending` delivers them as Cloud
-Tasks would: an HTTP POST through the real :class:`~cloudtasks_deferred.Handler`
-(or your WSGI app), authenticated with an ID token the queue signs for the task's
-``oidc_token`` (or App Engine queue headers), with the ``X-CloudTasks-*`` headers,
-retrying failures like a queue would. Schedule times are not waited for.
+would send to Cloud Tasks — from any thread of the process, including the threads
+of a ``ThreadPoolExecutor`` the code under test starts. :meth:`InMemoryQueue.run_pending`
+delivers them as Cloud Tasks would: an HTTP POST through the real
+:class:`~cloudtasks_deferred.Handler` (or your WSGI app), authenticated with an ID
+token the queue signs for the task's ``oidc_token`` (or App Engine queue headers),
+with the task headers, retrying failures like a queue would. Schedule times are not
+waited for.
+
+The task headers are those Cloud Tasks sends (``X-CloudTasks-*`` to HTTP targets,
+``X-AppEngine-*`` to App Engine targets), with the values the service sends on
+each attempt:
+
+==========================  ====================================================
+header (``X-CloudTasks-``)  value in the in-memory queue
+==========================  ====================================================
+``QueueName``               the queue's short ID
+``TaskName``                the task's short ID
+``TaskETA``                 the task's ``schedule_time``, in seconds since the epoch
+``TaskRetryCount``          attempts before this one (0 on the first)
+``TaskExecutionCount``      attempts before this one that got a response; for HTTP
+                            targets, not counting 5xx responses ("does not include
+                            failures due to 5XX error codes", Cloud Tasks' handler
+                            documentation)
+``TaskPreviousResponse``    the previous attempt's status; absent on the first
+``TaskRetryReason``         on a retry: empty for HTTP targets, ``App Error`` for
+                            App Engine targets; absent on the first
+==========================  ====================================================
+
+Google documents the retry reason only as "the reason for retrying the task"; the
+values above are what the service was observed to send after a handler answered
+with an error status (it sends ``Instance Unavailable`` to App Engine targets when
+no response came, which never happens here). Read them through
+:func:`~cloudtasks_deferred.current_task`, where an empty header is ``None``.
+
+Blocks may nest or run at the same time on several threads: ``defer`` in the thread
+that entered a block goes to that block's queue; in any other thread (a pool's
+worker) it goes to the queue of the block entered last and not yet left.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import io
 from collections.abc import Iterator
@@ -37,13 +68,13 @@ from ._wsgi import WSGIApp
 from .auth import authenticator_for
 from .auth.certs import StaticCerts
 from .auth.dev import DevKey, dev_key
-from .client import Client
+from .client import Client, as_process_default, clear_default_client
 from .deadletters import DeadLetter, InMemoryDeadLetters
 from .handler import Handler
 from .settings import Settings
 from .transports.memory import InMemoryTransport
 
-__all__ = ["TEST_SETTINGS", "InMemoryQueue", "in_memory_queue"]
+__all__ = ["TEST_SETTINGS", "InMemoryQueue", "in_memory_queue", "reset_default_client"]
 
 #: Settings used when a test gives none: HTTP tasks for a service at https://tasks.test.
 TEST_SETTINGS = Settings(
@@ -84,7 +115,8 @@ class InMemoryQueue:
         self.app: WSGIApp = app or Handler(client=self.client)
         self.max_attempts = max_attempts
         self.given_up: list[tasks_v2.Task] = []
-        self._dispatches: collections.Counter[str] = collections.Counter()
+        # Task name -> the status of each delivery so far, for the retry headers.
+        self._responses: dict[str, list[int]] = {}
 
     @property
     def tasks(self) -> list[tasks_v2.Task]:
@@ -111,17 +143,20 @@ class InMemoryQueue:
                 statuses.append(status)
                 if 200 <= status < 300:
                     continue
-                if self._dispatches[task.name] < self.max_attempts:
+                if len(self._responses[task.name]) < self.max_attempts:
                     self.transport.put_back(task)
                 else:
                     self.given_up.append(task)
         return statuses
 
     def deliver(self, task: tasks_v2.Task) -> HTTPStatus:
-        """Sends one task to the app as Cloud Tasks would and returns the status."""
-        retries = self._dispatches[task.name]
-        self._dispatches[task.name] += 1
-        environ = self._environ(task, retries)
+        """Sends one task to the app as Cloud Tasks would and returns the status.
+
+        The task headers describe this attempt after the earlier deliveries of the
+        same task (see the module docstring).
+        """
+        previous = self._responses.setdefault(task.name, [])
+        environ = self._environ(task, previous)
         status: list[str] = []
 
         def start_response(line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -136,7 +171,9 @@ class InMemoryQueue:
             close = getattr(body, "close", None)
             if close is not None:
                 close()
-        return HTTPStatus(int(status[0].split(" ", 1)[0]))
+        answered = HTTPStatus(int(status[0].split(" ", 1)[0]))
+        previous.append(answered.value)
+        return answered
 
     def _trusted_certs(self, settings: Settings) -> dict[str, str]:
         certs = dict(self._key.certs)
@@ -144,20 +181,10 @@ class InMemoryQueue:
             certs.update(dev_key(settings.dev_key_file).certs)
         return certs
 
-    def _environ(self, task: tasks_v2.Task, retries: int) -> dict[str, Any]:
-        short_queue = task.name.split("/tasks/")[0].rsplit("/", 1)[-1]
-        short_name = task.name.rsplit("/", 1)[-1]
-        eta = f"{task.schedule_time.replace(tzinfo=UTC).timestamp():.6f}"
-        task_headers = {
-            "QueueName": short_queue,
-            "TaskName": short_name,
-            "TaskRetryCount": str(retries),
-            "TaskExecutionCount": str(retries),
-            "TaskETA": eta,
-        }
-        if retries:
-            task_headers["TaskPreviousResponse"] = "500"
-        if "http_request" in task:
+    def _environ(self, task: tasks_v2.Task, previous: list[int]) -> dict[str, Any]:
+        app_engine = "http_request" not in task
+        task_headers = _task_headers(task, previous, app_engine=app_engine)
+        if not app_engine:
             request: Any = task.http_request
             url = urlsplit(request.url)
             headers = dict(request.headers)
@@ -203,6 +230,23 @@ class InMemoryQueue:
         return environ
 
 
+def _task_headers(task: tasks_v2.Task, previous: list[int], *, app_engine: bool) -> dict[str, str]:
+    """The task headers of the attempt after ``previous`` (statuses), unprefixed."""
+    # App Engine counts every answered attempt; HTTP targets leave 5xx answers out.
+    executions = sum(1 for status in previous if app_engine or status < 500)
+    headers = {
+        "QueueName": task.name.split("/tasks/")[0].rsplit("/", 1)[-1],
+        "TaskName": task.name.rsplit("/", 1)[-1],
+        "TaskRetryCount": str(len(previous)),
+        "TaskExecutionCount": str(executions),
+        "TaskETA": f"{task.schedule_time.replace(tzinfo=UTC).timestamp():.6f}",
+    }
+    if previous:
+        headers["TaskPreviousResponse"] = str(previous[-1])
+        headers["TaskRetryReason"] = "App Error" if app_engine else ""
+    return headers
+
+
 @contextlib.contextmanager
 def in_memory_queue(
     settings: Settings | None = None, *, app: WSGIApp | None = None, max_attempts: int = 5
@@ -218,11 +262,34 @@ def in_memory_queue(
         max_attempts: Attempts per task before it is given up.
 
     Yields:
-        The queue; ``defer`` calls in the block (in this thread and context) land in it.
+        The queue. ``defer`` calls in the block land in it, from this thread and from
+        threads that have no client of their own (a ``ThreadPoolExecutor``'s workers):
+        for the whole process while the block is open. A client a request binds
+        (``wrap_wsgi_app(settings=...)``) still wins inside that request. See the
+        module docstring for nested and concurrent blocks.
     """
     queue = InMemoryQueue(settings or TEST_SETTINGS, app=app, max_attempts=max_attempts)
-    with queue.client.bind():
+    with as_process_default(queue.client), queue.client.bind():
         yield queue
+
+
+def reset_default_client() -> None:
+    """Forgets the process's default client; the next use builds it from the environment.
+
+    The default client (what ``defer`` and a ``Handler()`` without settings use
+    outside :func:`in_memory_queue`) already follows the environment: it is rebuilt
+    whenever a variable :meth:`Settings.from_env` reads has changed, so a test's
+    ``monkeypatch.setenv`` takes effect without this. Call it between tests to
+    start from nothing: a fresh authenticator (and verified-token cache), and the
+    NDB probe of auto mode made again. A fixture::
+
+        @pytest.fixture(autouse=True)
+        def fresh_deferred_client():
+            reset_default_client()
+            yield
+            reset_default_client()
+    """
+    clear_default_client()
 
 
 @once_per_process

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 import warnings
@@ -22,11 +23,12 @@ from cloudtasks_deferred import (
     TaskRetryOptions,
     TombstonedTaskError,
     deferred,
+    testing,
 )
 from cloudtasks_deferred.client import current_client, default_client
 from cloudtasks_deferred.frame import decode
 from cloudtasks_deferred.retry import RetryOptionsWarning
-from cloudtasks_deferred.settings import Platform
+from cloudtasks_deferred.settings import ENVIRONMENT_VARIABLES, Platform, environment_key
 from cloudtasks_deferred.transports.cloud_tasks import CloudTasksTransport, shared_client
 from cloudtasks_deferred.transports.memory import InMemoryTransport
 from tests import tasks
@@ -179,11 +181,15 @@ def test_the_default_transport_is_cloud_tasks_on_the_configured_emulator() -> No
     assert transport.client is shared_client("127.0.0.1:9")
 
 
-def test_default_client_reads_the_environment_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_client_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLOUDTASKS_DEFERRED_QUEUE", "first")
-    assert current_client().settings.queue == "first"
+    first = current_client()
+    assert first.settings.queue == "first"
     monkeypatch.setenv("CLOUDTASKS_DEFERRED_QUEUE", "second")
     assert current_client() is default_client()
+    assert current_client().settings.queue == "second"
+    monkeypatch.setenv("CLOUDTASKS_DEFERRED_QUEUE", "first")
+    assert current_client() is not first  # rebuilt, not looked up among old ones
     assert current_client().settings.queue == "first"
 
 
@@ -279,3 +285,92 @@ def test_frame_payload_is_what_open_payload_reads() -> None:
         opened = mine.open_payload(framed)
         assert opened.metadata == {"retry": {"task_retry_limit": 1}}
         assert (opened.func, opened.args) == (tasks.record, (7,))
+
+
+def test_default_client_is_not_rebuilt_while_the_environment_stays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    read = Settings.from_env
+    reads: list[Settings] = []
+
+    def counted(cls: type[Settings], *args: Any, **kwargs: Any) -> Settings:
+        reads.append(read(*args, **kwargs))
+        return reads[-1]
+
+    monkeypatch.setattr(Settings, "from_env", classmethod(counted))
+    monkeypatch.setenv("CLOUDTASKS_DEFERRED_LOCATION", "europe-west1")
+    clients = {id(default_client()) for _ in range(100)}
+    monkeypatch.setenv("UNRELATED_VARIABLE", "changed")  # not one from_env reads
+    clients.add(id(default_client()))
+    assert len(clients) == 1
+    assert len(reads) == 1
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "field", "expected"),
+    [
+        (
+            "CLOUDTASKS_DEFERRED_BASE_URL",
+            "https://second.example",
+            "base_url",
+            "https://second.example",
+        ),
+        ("GOOGLE_CLOUD_PROJECT", "other-project", "project", "other-project"),
+        ("GAE_ENV", "standard", "platform", Platform.APP_ENGINE),
+        ("GAE_VERSION", "v7", "app_engine_version", "v7"),
+        ("CLOUD_TASKS_EMULATOR_HOST", "127.0.0.1:9", "emulator_host", "127.0.0.1:9"),
+    ],
+)
+def test_every_variable_settings_read_rebuilds_the_default_client(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, field: str, expected: Any
+) -> None:
+    before = default_client()
+    monkeypatch.setenv(variable, value)
+    after = default_client()
+    assert after is not before
+    assert getattr(after.settings, field) == expected
+
+
+def test_defer_uses_the_base_url_set_after_the_first_defer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    transport = InMemoryTransport()
+    monkeypatch.setattr(
+        "cloudtasks_deferred.transports.cloud_tasks.CloudTasksTransport",
+        lambda emulator_host: transport,
+    )
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "p")
+    monkeypatch.setenv("CLOUDTASKS_DEFERRED_LOCATION", "us-central1")
+    monkeypatch.setenv("CLOUDTASKS_DEFERRED_SERVICE_ACCOUNT", "t@p.iam.gserviceaccount.com")
+    monkeypatch.setenv("CLOUDTASKS_DEFERRED_BASE_URL", "https://old.example")
+    deferred.defer(tasks.record, 1)
+    monkeypatch.setenv("CLOUDTASKS_DEFERRED_BASE_URL", "https://new.example")
+    deferred.defer(tasks.record, 2)
+    assert [task.http_request.url for task in transport.tasks] == [
+        "https://old.example/_ah/queue/deferred",
+        "https://new.example/_ah/queue/deferred",
+    ]
+
+
+def test_reset_default_client_is_public_and_cache_clear_still_works() -> None:
+    first = default_client()
+    testing.reset_default_client()
+    second = default_client()
+    assert second is not first
+    default_client.cache_clear()  # type: ignore[attr-defined]
+    assert default_client() is not second
+
+
+def test_the_environment_key_reads_what_from_env_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    environ = {name: f"value-of-{name}" for name in ENVIRONMENT_VARIABLES}
+    assert environment_key(environ) == tuple(environ.values())
+    before = environment_key()
+    for name in ENVIRONMENT_VARIABLES:
+        old = os.environ.get(name)
+        monkeypatch.setenv(name, "changed")
+        assert environment_key() != before, name
+        if old is None:
+            monkeypatch.delenv(name)
+        else:
+            monkeypatch.setenv(name, old)
+    assert environment_key() == before

@@ -7,17 +7,20 @@ import re
 import subprocess
 import sys
 import types
+from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 import flask
 import pytest
 from werkzeug.test import EnvironBuilder
 
-from cloudtasks_deferred import Client
+from cloudtasks_deferred import Client, deferred
 from cloudtasks_deferred.frame import encode
 from cloudtasks_deferred.functions import deferred_task, task_function
 from cloudtasks_deferred.handler import Outcome, response_for
 from cloudtasks_deferred.payload import serialize
+from cloudtasks_deferred.testing import in_memory_queue
 from tests import tasks
 from tests.oidc import Issuer
 from tests.tasks import RECORDER
@@ -113,3 +116,48 @@ def test_the_docstring_names_every_status_the_handler_answers() -> None:
         sorted(status.value for status in statuses if not re.search(rf"\b{status.value}\b", doc))
         == []
     )
+
+
+@pytest.fixture
+def functions_app() -> Any:
+    """functions-framework's own Flask app for the re-exported entry point."""
+    import functions_framework
+
+    source = Path(__file__).resolve().parents[1] / "functions_main.py"
+    return functions_framework.create_app(target="deferred_task", source=str(source))
+
+
+def test_in_memory_queue_delivers_through_a_functions_framework_app(functions_app: Any) -> None:
+    with in_memory_queue(app=functions_app) as queue:
+        for n in range(5):
+            deferred.defer(tasks.record, n)
+        assert queue.run_pending() == [HTTPStatus.OK] * 5  # each task once, answered 200
+    assert RECORDER.named("record") == [0, 1, 2, 3, 4]
+
+
+def test_functions_framework_reads_the_body_once_for_every_outcome(functions_app: Any) -> None:
+    with in_memory_queue(app=functions_app, max_attempts=2) as queue:
+        deferred.defer(tasks.always_singular)
+        deferred.defer(tasks.fail_permanently)
+        assert queue.run_pending() == [HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.OK, 408]
+    assert len(RECORDER.named("always_singular")) == 2
+    assert len(RECORDER.named("fail_permanently")) == 1
+
+
+def test_the_body_is_read_through_the_requests_own_stream(
+    signed_client: Client, issuer: Issuer
+) -> None:
+    entry_point = task_function(client=signed_client)
+    flask_request = request(encode(serialize(tasks.record, "once")), **auth(issuer))
+    assert entry_point(flask_request)[1] == 200
+    assert flask_request.get_data() == b""  # consumed: a later read neither hangs nor fails
+    assert RECORDER.named("record") == ["once"]
+
+
+def test_a_truncated_body_is_still_a_bad_request(signed_client: Client, issuer: Issuer) -> None:
+    body = encode(serialize(tasks.record, "cut"))
+    builder = EnvironBuilder(path="/", method="POST", data=body[:-4], headers=auth(issuer))
+    env = builder.get_environ()
+    env["CONTENT_LENGTH"] = str(len(body))
+    assert task_function(client=signed_client)(flask.Request(env))[1] == 400
+    assert RECORDER.named("record") == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import pickle
 from http import HTTPStatus
@@ -432,3 +433,21 @@ def test_unconfigured_environment_refuses_with_403(monkeypatch: pytest.MonkeyPat
     assert response.code == 403
     assert b"not configured" in response.body
     assert RECORDER.calls == []
+
+
+def test_an_undecodable_payload_is_logged_with_its_size_and_hash_never_its_bytes(
+    handler: Handler, client: Client, auth: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    body = b"\x80\x02csecret_module\nsecret-argument-bytes"  # a pickle that does not load
+    with caplog.at_level(logging.DEBUG):
+        response = call(handler, environ(body, headers=auth))
+    assert response.code == 200
+    digest = hashlib.sha256(body).hexdigest()
+    [logged] = [r for r in caplog.records if "could not be loaded" in r.getMessage()]
+    assert logged.levelno == logging.ERROR
+    assert "task task-1" in logged.getMessage()
+    assert f"{len(body)} bytes, sha256 {digest}" in logged.getMessage()
+    assert isinstance(client.dead_letters, InMemoryDeadLetters)
+    [letter] = client.dead_letters.letters
+    assert (letter.payload_bytes, letter.payload_sha256) == (len(body), digest)
+    assert "secret-argument" not in caplog.text

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -193,3 +196,63 @@ def test_an_app_that_raises_leaves_nothing_bound() -> None:
     with pytest.raises(RuntimeError, match="broken app"):
         call(wrap_wsgi_app(broken, settings=SETTINGS), environ(path="/x"))
     assert current_client().settings != SETTINGS
+
+
+class ScopeRecordingClient(Client):
+    """A client whose per-request NDB context only records when it ends."""
+
+    def __init__(self) -> None:
+        super().__init__(SETTINGS)
+        self.opened = 0
+        self.ended = 0
+
+    def ndb_context(self, *, required_for: str | None = None) -> Any:
+        @contextlib.contextmanager
+        def scope() -> Iterator[None]:
+            self.opened += 1
+            yield
+            self.ended += 1
+
+        return scope()
+
+
+def no_start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+    return lambda data: None
+
+
+def test_an_unclosed_response_leaves_nothing_bound_in_the_caller() -> None:
+    app = wrap_wsgi_app(hello_app, settings=SETTINGS)
+    response = app(environ(path="/x"), no_start_response)  # never iterated nor closed
+    assert current_client().settings != SETTINGS
+    assert response is not None
+
+
+def test_the_request_scope_ends_when_the_response_is_exhausted() -> None:
+    client = ScopeRecordingClient()
+    closed: list[bool] = []
+
+    class Body(list[bytes]):
+        def close(self) -> None:
+            closed.append(True)
+
+    def app(env: dict[str, Any], start_response: Any) -> Body:
+        start_response("200 OK", [])
+        return Body([b"a", b"b"])
+
+    response = wrap_wsgi_app(app, client=client)(environ(path="/x"), no_start_response)
+    assert client.ended == 0
+    assert list(response) == [b"a", b"b"]  # read to the end, not closed
+    assert client.ended == 1
+    response.close()  # type: ignore[attr-defined]  # the app's close still runs, once
+    response.close()  # type: ignore[attr-defined]
+    assert (client.ended, closed) == (1, [True, True])
+
+
+def test_the_request_scope_ends_when_an_unread_response_is_dropped() -> None:
+    client = ScopeRecordingClient()
+    app = wrap_wsgi_app(hello_app, client=client)
+    response = app(environ(path="/x"), no_start_response)
+    assert (client.opened, client.ended) == (1, 0)
+    del response
+    gc.collect()
+    assert client.ended == 1

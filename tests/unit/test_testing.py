@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from typing import Any
 
 import pytest
 from google.cloud import tasks_v2
 
-from cloudtasks_deferred import Handler, Settings, TaskAlreadyExistsError, deferred, testing
+from cloudtasks_deferred import (
+    Client,
+    Handler,
+    Settings,
+    SingularTaskFailure,
+    TaskAlreadyExistsError,
+    current_task,
+    deferred,
+    testing,
+)
+from cloudtasks_deferred.client import current_client
 from cloudtasks_deferred.enqueue import build_task
 from cloudtasks_deferred.options import split_options
 from cloudtasks_deferred.settings import Platform
@@ -187,3 +198,156 @@ def test_queues_built_at_once_on_threads_share_one_signing_key() -> None:
         thread.join()
     assert len(queues) == 4
     assert len({id(queue._key) for queue in queues}) == 1
+
+
+def fail_twice_with(kind: str) -> None:
+    """Records the task headers, and fails the first two attempts (500 or 408)."""
+    info = current_task()
+    assert info is not None
+    RECORDER.add("headers", info)
+    if (info.retry_count or 0) < 2:
+        raise SingularTaskFailure("again") if kind == "singular" else RuntimeError("again")
+
+
+def test_defer_from_a_thread_pool_lands_in_the_queue() -> None:
+    with in_memory_queue() as queue, ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(deferred.defer, tasks.record, n) for n in range(4)]
+        created = [future.result() for future in futures]
+        assert sorted(task.name for task in queue.tasks) == sorted(t.name for t in created)
+        assert queue.run_pending() == [HTTPStatus.OK] * 4
+    assert sorted(RECORDER.named("record")) == [0, 1, 2, 3]
+
+
+def test_defer_from_a_plain_thread_lands_in_the_queue() -> None:
+    with in_memory_queue() as queue:
+        thread = threading.Thread(target=deferred.defer, args=(tasks.record, "thread"))
+        thread.start()
+        thread.join()
+        assert len(queue.tasks) == 1
+
+
+def test_threads_use_the_default_client_again_after_the_block() -> None:
+    with in_memory_queue() as queue:
+        pass
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        assert pool.submit(current_client).result() is not queue.client
+
+
+@pytest.mark.parametrize(
+    ("kind", "statuses", "executions"),
+    [("crash", [500, 500, 200], [0, 0, 0]), ("singular", [408, 408, 200], [0, 1, 2])],
+)
+def test_redeliveries_carry_the_retry_headers_of_http_targets(
+    kind: str, statuses: list[int], executions: list[int]
+) -> None:
+    raw: list[dict[str, Any]] = []
+    handler = Handler()
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        raw.append({k: v for k, v in environ.items() if k.startswith("HTTP_X_CLOUDTASKS_")})
+        return handler(environ, start_response)
+
+    with in_memory_queue(app=app) as queue:
+        deferred.defer(fail_twice_with, kind)
+        assert queue.run_pending() == statuses
+    seen = RECORDER.named("headers")
+    assert [info.retry_count for info in seen] == [0, 1, 2]
+    assert [info.execution_count for info in seen] == executions  # 5xx not counted
+    assert [info.previous_response for info in seen] == [None, *statuses[:2]]
+    assert [info.retry_reason for info in seen] == [None, None, None]  # sent empty
+    assert "HTTP_X_CLOUDTASKS_TASKRETRYREASON" not in raw[0]
+    assert [headers["HTTP_X_CLOUDTASKS_TASKRETRYREASON"] for headers in raw[1:]] == ["", ""]
+    assert "HTTP_X_CLOUDTASKS_TASKPREVIOUSRESPONSE" not in raw[0]
+
+
+def test_redeliveries_carry_the_retry_headers_of_app_engine_targets() -> None:
+    settings = Settings(
+        project="p",
+        location="us-central1",
+        platform=Platform.APP_ENGINE,
+        app_engine_service="default",
+        app_engine_version="v1",
+        ndb=False,
+    )
+    with in_memory_queue(settings) as queue:
+        deferred.defer(fail_twice_with, "crash")
+        assert queue.run_pending() == [500, 500, 200]
+    seen = RECORDER.named("headers")
+    assert [info.retry_count for info in seen] == [0, 1, 2]
+    assert [info.execution_count for info in seen] == [0, 1, 2]  # every answer counts
+    assert [info.previous_response for info in seen] == [None, 500, 500]
+    assert [info.retry_reason for info in seen] == [None, "App Error", "App Error"]
+
+
+def test_nested_blocks_the_inner_one_wins_in_every_thread_until_it_ends() -> None:
+    def defer_in_a_thread(value: str) -> None:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(deferred.defer, tasks.record, value).result()
+
+    with in_memory_queue() as outer:
+        with in_memory_queue() as inner:
+            deferred.defer(tasks.record, "inner, main thread")
+            defer_in_a_thread("inner, worker")
+        deferred.defer(tasks.record, "outer, main thread")
+        defer_in_a_thread("outer, worker")
+    assert len(inner.tasks) == 2
+    assert len(outer.tasks) == 2
+
+
+def test_concurrent_blocks_keep_each_threads_tasks_apart() -> None:
+    both_open = threading.Barrier(2)
+    queues: dict[str, InMemoryQueue] = {}
+
+    def test_body(name: str) -> None:
+        with in_memory_queue() as queue:
+            queues[name] = queue
+            both_open.wait()
+            for _ in range(3):
+                deferred.defer(tasks.record, name)
+            both_open.wait()
+
+    threads = [threading.Thread(target=test_body, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for queue in queues.values():
+        assert len(queue.tasks) == 3
+        with queue.client.bind():
+            queue.run_pending()
+    assert sorted(RECORDER.named("record")) == ["a"] * 3 + ["b"] * 3
+
+
+def test_blocks_left_out_of_order_leave_the_remaining_one_in_place() -> None:
+    def other_thread_client() -> Client:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(current_client).result()
+
+    steps = {name: threading.Event() for name in ("a_in", "b_in", "a_out", "a_left", "b_out")}
+    queues: dict[str, InMemoryQueue] = {}
+
+    def block(name: str, entered: str, leave: str, left: str | None = None) -> None:
+        with in_memory_queue() as queue:
+            queues[name] = queue
+            steps[entered].set()
+            assert steps[leave].wait(10)
+        if left:
+            steps[left].set()
+
+    a = threading.Thread(target=block, args=("a", "a_in", "a_out", "a_left"))
+    b = threading.Thread(target=block, args=("b", "b_in", "b_out"))
+    a.start()
+    assert steps["a_in"].wait(10)
+    b.start()
+    assert steps["b_in"].wait(10)
+    try:
+        assert other_thread_client() is queues["b"].client
+        steps["a_out"].set()  # the first block ends while the second is open
+        assert steps["a_left"].wait(10)
+        assert other_thread_client() is queues["b"].client
+    finally:
+        steps["a_out"].set()
+        steps["b_out"].set()
+        a.join()
+        b.join()
+    assert other_thread_client() not in (queues["a"].client, queues["b"].client)
