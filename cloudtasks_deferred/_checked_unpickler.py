@@ -48,6 +48,7 @@ import _compat_pickle
 import copyreg
 import dataclasses
 import datetime
+import functools
 import io
 import pickle
 import struct
@@ -165,6 +166,14 @@ def _unknown_opcode(unpickler: Any) -> None:
     raise pickle.UnpicklingError("the pickle holds an unknown opcode")
 
 
+def _whole_line(readline: Callable[[], bytes]) -> bytes:
+    """A line of a text opcode, which must end with a newline (as the C unpickler insists)."""
+    line = readline()
+    if not line.endswith(b"\n"):
+        raise pickle.UnpicklingError("pickle data was truncated")
+    return line
+
+
 def _handler_table(dispatch: dict[int, Handler]) -> tuple[Handler, ...]:
     """The dispatch dict as a tuple indexed by opcode: one index instead of a hash."""
     return tuple(dispatch.get(op, _unknown_opcode) for op in range(256))
@@ -217,7 +226,7 @@ class BoundedUnpickler(pickle._Unpickler):
         """
         source = io.BytesIO(self._data)
         self.read = read = source.read
-        self.readline = source.readline
+        self.readline = functools.partial(_whole_line, source.readline)
         self.metastack = []
         self.stack = []
         self.append = self.stack.append
