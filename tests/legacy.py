@@ -38,3 +38,31 @@ def legacy_task(name: str, *args: Any, protocol: int = pickle.HIGHEST_PROTOCOL) 
     """``(deferred.<name>, args, {})`` as the bundled-services library pickled it."""
     with legacy_library() as module:
         return pickle.dumps((getattr(module, name), args, {}), protocol=protocol)
+
+
+def receive(*args: Any, **kwargs: Any) -> str:
+    """A migrated task: records exactly the arguments it received."""
+    from tests.tasks import RECORDER
+
+    RECORDER.add("py2", (args, kwargs))
+    return "received"
+
+
+class Point:
+    """A class a Python 2 app pickled instances of (old-style there, new-style here)."""
+
+    def __init__(self, x: int = 0, y: int = 0) -> None:
+        self.x, self.y = x, y
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Point) and (self.x, self.y) == (other.x, other.y)
+
+    def __hash__(self) -> int:
+        return hash((self.x, self.y))
+
+    def norm(self) -> int:
+        """A method a legacy task called through invoke_member."""
+        from tests.tasks import RECORDER
+
+        RECORDER.add("py2", ((self.x, self.y), {}))
+        return abs(self.x) + abs(self.y)
