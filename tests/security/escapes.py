@@ -81,6 +81,7 @@ class Escape:
         profiles: The deployments it is sent to.
         runs: What the attack itself may make the witness record (a harmless payload
             the rules let through); nothing else may run.
+        logged: Text the service's log must show (why a payload was given up).
     """
 
     name: str
@@ -91,6 +92,7 @@ class Escape:
     reason: bytes = b""
     profiles: tuple[str, ...] = ALLOWLIST_PROFILES
     runs: tuple[str, ...] = ()
+    logged: str = ""
 
     def request(self, kit: Kit, profile: str) -> Request:
         if self.body is not None:
@@ -448,12 +450,14 @@ RESOURCE_ESCAPES = [
         200,
         task(_WITNESS, call(ref("builtins", "bytearray"), integer(2**31 - 1))),
         reason=INVALID,
+        logged="sizes a bytes object",
     ),
     Escape(
         "cost-bytes-of-a-forged-size",
         200,
         task(_WITNESS, call(ref("builtins", "bytes"), integer(2**31 - 1))),
         reason=INVALID,
+        logged="sizes a bytes object",
     ),
     Escape(
         "cost-list-of-a-huge-range",
@@ -462,6 +466,7 @@ RESOURCE_ESCAPES = [
             _WITNESS, call(ref("builtins", "list"), call(ref("builtins", "range"), integer(10**12)))
         ),
         reason=INVALID,
+        logged="consumes a range",
     ),
     Escape(
         "cost-set-of-a-huge-range",
@@ -470,6 +475,7 @@ RESOURCE_ESCAPES = [
             _WITNESS, call(ref("builtins", "set"), call(ref("builtins", "range"), integer(10**12)))
         ),
         reason=INVALID,
+        logged="consumes a range",
     ),
     Escape(
         "cost-deque-of-a-huge-range",
@@ -479,6 +485,7 @@ RESOURCE_ESCAPES = [
             call(ref("collections", "deque"), call(ref("builtins", "range"), integer(10**12))),
         ),
         reason=INVALID,
+        logged="consumes a range",
     ),
     Escape(
         "cost-call-unpacking-a-range",
@@ -488,16 +495,28 @@ RESOURCE_ESCAPES = [
             ref("builtins", "tuple") + call(ref("builtins", "range"), integer(10**12)) + b"R",
         ),
         reason=INVALID,
+        logged="arguments that are not a tuple",
     ),
     Escape(
-        "cost-a-million-empty-sets", 200, b"\x80\x04" + b"\x8f" * 1_000_000 + b".", reason=INVALID
+        "cost-a-million-empty-sets",
+        200,
+        b"\x80\x04" + b"\x8f" * 1_000_000 + b".",
+        reason=INVALID,
+        logged="creates more than",
     ),
-    Escape("cost-marks-nested-deep", 200, b"\x80\x04" + b"(" * 500_000 + b".", reason=INVALID),
+    Escape(
+        "cost-marks-nested-deep",
+        200,
+        b"\x80\x04" + b"(" * 500_000 + b".",
+        reason=INVALID,
+        logged="nests more than",
+    ),
     Escape(
         "cost-compressed-run-of-no-ops",
         200,
         body=_compressed(b"\x80\x04" + b"N0" * 16_000_000 + b"N."),
         reason=INVALID,
+        logged="runs more than 1000000 opcodes",
     ),
     Escape(
         "cost-memo-index-forged",
@@ -511,6 +530,7 @@ RESOURCE_ESCAPES = [
         200,
         task(_WITNESS, b"\x96" + (2**40).to_bytes(8, "little") + b"short"),
         reason=INVALID,
+        logged="UnpicklingError",
     ),
     Escape(
         "cost-long-integer-beyond-the-string-limit",

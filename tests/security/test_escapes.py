@@ -115,6 +115,7 @@ def test_in_process(
     assert response.code == escape.status, response.body
     assert response.body.startswith(escape.reason), response.body
     check_log(escape, caplog.records)
+    assert escape.logged in caplog.text
     assert RECORDER.named("canary") == []
     assert not set(NEVER_IMPORTED) & set(sys.modules)
     unchanged()
@@ -156,6 +157,7 @@ def test_real_server(
     assert canaries == [], "a canary ran in the server process"
     if not (escape.status == 200 and escape.reason == INVALID):
         assert "Traceback" not in new_log, new_log
+    assert escape.logged in new_log, new_log
 
     after = follow_up_profile(profile)
     follow_up = servers.get(after)
