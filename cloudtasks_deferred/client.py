@@ -179,7 +179,9 @@ class Client:
         """Frames a pickled call under this client's rules: the mirror of :meth:`open_payload`.
 
         Every task body and stored payload the library writes is framed here, signed
-        with the first configured signing key if there is one.
+        with the first configured signing key if there is one. With
+        ``settings.cross_compatible_payloads`` the body is the bare pickle, which a
+        Python 2 handler reads (the caller passes no metadata then).
 
         Args:
             pickled: The pickled ``(callable, args, kwargs)``.
@@ -189,6 +191,8 @@ class Client:
         Returns:
             The frame.
         """
+        if self.settings.cross_compatible_payloads:
+            return pickled
         return encode(pickled, metadata, compress=compress, signing_key=self.settings.signing_key)
 
     @functools.cached_property

@@ -44,7 +44,7 @@ from google.cloud import tasks_v2
 from . import binding, limits, oversized
 from .errors import ConfigurationError, TaskAlreadyExistsError, TombstonedTaskError
 from .options import TaskOptions, split_options
-from .payload import serialize
+from .payload import serializer
 from .retry import RetryOptionsWarning, retry_metadata
 from .settings import Platform, Settings, origin
 
@@ -90,7 +90,14 @@ def enqueue(
             )
         scheduled_at = options.schedule_time or datetime.now(UTC)
         metadata.update(retry_metadata(options.retry_options, scheduled_at))
-    pickled = serialize(obj, *args, **call_kwargs)
+    settings = client.settings
+    if settings.cross_compatible_payloads and (options.retry_options or options.transactional):
+        raise ValueError(
+            "_retry_options and _transactional need this library's payload frame, which a "
+            "Python 2 handler cannot read: unset CLOUDTASKS_DEFERRED_CROSS_COMPATIBLE_PAYLOADS "
+            "(once no Python 2 version serves) or drop the option"
+        )
+    pickled = serializer(for_python2=settings.cross_compatible_payloads)(obj, *args, **call_kwargs)
     parent = client.queue_path(options.queue)
     if client.settings.signing_key is not None:
         destination = destination_for(options, client.settings, parent)

@@ -137,6 +137,14 @@ def place(
     size = task_bytes(task)
     if size <= max_task_bytes:
         return Placement(task=task)
+    if client.settings.cross_compatible_payloads:
+        # Python 2 reads neither our compression nor our chunks, and one legacy entity
+        # holds no more than a task: the payload must travel inline.
+        raise PayloadTooLargeError(
+            f"the task is {size:,} bytes, over the {max_task_bytes:,} a task holds; a "
+            "cross-compatible payload (CLOUDTASKS_DEFERRED_CROSS_COMPATIBLE_PAYLOADS) is "
+            "neither compressed nor stored in Datastore: pass a reference instead"
+        )
     if len(pickled) > MAX_PICKLE_BYTES:
         raise PayloadTooLargeError(
             f"the pickled call is {len(pickled):,} bytes; the handler unpickles at most "

@@ -21,6 +21,12 @@ Tasks the legacy library queued name its own helpers,
 ``google.appengine.ext.deferred.deferred.invoke_member`` and ``.run_from_datastore``
 (:data:`LEGACY_NAMES`); :func:`unpickle` reads them as this library's, which take the
 same arguments, so those tasks still run once ``google.appengine`` is gone.
+
+The other way round, while a Python 2 version of the app still serves part of the
+traffic, :func:`serialize_for_python2` writes a pickle its ``deferred`` handler can
+run: protocol 2, Python 2's module names (``__builtin__``, ``copy_reg``) and the
+legacy helpers' names. A Python 3 ``str`` reaches Python 2 as ``unicode`` and
+``bytes`` as ``str``.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import io
 import pickle
 import types
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from ._checked_unpickler import BoundedUnpickler, DecodeLimitError
 from .errors import PayloadRefusedError
@@ -46,6 +52,8 @@ __all__ = [
     "load_call",
     "run",
     "serialize",
+    "serialize_for_python2",
+    "serializer",
     "unpickle",
 ]
 
@@ -137,6 +145,30 @@ def serialize(obj: Callable[..., Any], *args: Any, **kwargs: Any) -> bytes:
         AttributeError: The same, as some Python versions raise it for local objects.
     """
     return pickle.dumps(_curry(obj, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def serialize_for_python2(obj: Callable[..., Any], *args: Any, **kwargs: Any) -> bytes:
+    """Serializes a call for a Python 2 app's ``deferred`` handler (module docstring).
+
+    Args:
+        obj: The callable, as for :func:`serialize`.
+        *args: Positional arguments to call it with.
+        **kwargs: Keyword arguments to call it with.
+
+    Returns:
+        A protocol 2 pickle of ``(callable, args, kwargs)`` with Python 2's names.
+
+    Raises:
+        ValueError, pickle.PicklingError, AttributeError: As :func:`serialize`.
+    """
+    buffer = io.BytesIO()
+    _Python2Pickler(buffer, protocol=2, fix_imports=True).dump(_curry(obj, args, kwargs))
+    return buffer.getvalue()
+
+
+def serializer(*, for_python2: bool) -> Callable[..., bytes]:
+    """:func:`serialize_for_python2` when ``for_python2``, else :func:`serialize`."""
+    return serialize_for_python2 if for_python2 else serialize
 
 
 def run(data: bytes) -> Any:
@@ -240,6 +272,25 @@ def unpickle(pickled: bytes) -> Any:
     if pickled[:1] == pickle.PROTO and pickled[1:2] >= b"\x03":
         return _LegacyNamesUnpickler(io.BytesIO(pickled)).load()
     return BoundedUnpickler(pickled, find=_find_legacy_names).load()
+
+
+_TO_LEGACY: Final = types.MappingProxyType({ours: legacy for legacy, ours in LEGACY_NAMES.items()})
+
+
+class _Python2Pickler(pickle._Pickler):  # the pure-Python pickler: save_global is a method
+    dispatch: ClassVar[dict[type, Callable[..., None]]] = dict(pickle._Pickler.dispatch)
+
+    def save_global(self, obj: Any, name: str | None = None) -> None:
+        ours = (getattr(obj, "__module__", None), name or getattr(obj, "__qualname__", None))
+        legacy = _TO_LEGACY.get(ours)  # type: ignore[arg-type]
+        if legacy is None:
+            super().save_global(obj, name)  # type: ignore[misc]
+            return
+        module, qualname = legacy
+        self.write(pickle.GLOBAL + f"{module}\n{qualname}\n".encode())  # type: ignore[attr-defined]
+        self.memoize(obj)  # type: ignore[attr-defined]
+
+    dispatch[types.FunctionType] = save_global
 
 
 class _LegacyNamesUnpickler(pickle.Unpickler):

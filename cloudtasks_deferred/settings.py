@@ -46,6 +46,10 @@ variable                                  meaning (default)
                                           (32 days; see :mod:`cloudtasks_deferred.binding`)
 ``CLOUDTASKS_DEFERRED_REQUIRE_BOUND_``    ``true`` to refuse signed payloads without a
 ``PAYLOADS``                              destination, as release 0.1 wrote them (false)
+``CLOUDTASKS_DEFERRED_CROSS_COMPATIBLE_`` ``true``: ``defer`` writes payloads a Python 2
+``PAYLOADS``                              version of the app can run, during a split-
+                                          traffic migration (false; App Engine targets
+                                          only, unsigned)
 ========================================  ==================================================
 
 The platform is detected from the variables the platforms set: ``GAE_ENV=standard``
@@ -115,6 +119,7 @@ _ENV_NAMES: Final = {
     "allowed_modules": ALLOWED_MODULES_VARIABLE,
     "payload_max_age": f"{_PREFIX}PAYLOAD_MAX_AGE",
     "require_bound_payloads": f"{_PREFIX}REQUIRE_BOUND_PAYLOADS",
+    "cross_compatible_payloads": f"{_PREFIX}CROSS_COMPATIBLE_PAYLOADS",
 }
 
 #: Every variable :meth:`Settings.from_env` reads (the table above, the platforms'
@@ -241,6 +246,11 @@ class Settings:
             refused (:mod:`cloudtasks_deferred.binding`).
         require_bound_payloads: Refuse signed payloads that carry no destination
             (written by release 0.1) instead of accepting them with a warning.
+        cross_compatible_payloads: ``defer`` writes bare protocol 2 pickles with the
+            legacy names, which a Python 2 app's ``deferred`` handler runs (and so does
+            this library's), for the time a Python 2 and a Python 3 version share
+            traffic. Only for App Engine targets, and never signed: it cannot be
+            combined with ``base_url`` or ``signing_keys``.
 
     Raises:
         ConfigurationError: A value is invalid; the message names the field and its
@@ -266,6 +276,7 @@ class Settings:
     allowed_modules: tuple[str, ...] = ()
     payload_max_age: float = binding.DEFAULT_MAX_AGE
     require_bound_payloads: bool = False
+    cross_compatible_payloads: bool = False
 
     def __post_init__(self) -> None:
         if self.project is not None:
@@ -303,6 +314,13 @@ class Settings:
             raise ConfigurationError(
                 f"Settings.allowed_modules ({_ENV_NAMES['allowed_modules']}): {exc}."
             ) from None
+        if self.cross_compatible_payloads and (self.signing_keys or self.base_url):
+            raise ConfigurationError(
+                f"cross-compatible payloads ({_ENV_NAMES['cross_compatible_payloads']}) are "
+                "for App Engine targets a Python 2 version of the app may receive, and Python "
+                f"2 cannot check signatures: unset {_ENV_NAMES['base_url']} and "
+                f"{_ENV_NAMES['signing_keys']}, or switch them off."
+            )
         # The process environment too: a Settings built by hand says LOCAL anywhere.
         deployed = self.platform if self.platform is not Platform.LOCAL else _process_platform()
         if self.dev_mode and deployed is not Platform.LOCAL:
@@ -363,6 +381,10 @@ class Settings:
             or binding.DEFAULT_MAX_AGE,
             require_bound_payloads=_flag(
                 "require_bound_payloads", get("require_bound_payloads"), default=False
+            )
+            or False,
+            cross_compatible_payloads=_flag(
+                "cross_compatible_payloads", get("cross_compatible_payloads"), default=False
             )
             or False,
         )
