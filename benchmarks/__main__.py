@@ -16,6 +16,7 @@ BENCHMARKS = {
     "P4": "benchmarks.p4_cert_fetches",
     "P5": "benchmarks.p5_cold_start",
     "P7": "benchmarks.p7_large_payloads",
+    "P8": "benchmarks.p8_checked_decoding",
 }
 
 
