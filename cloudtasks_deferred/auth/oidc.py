@@ -144,9 +144,10 @@ class OIDCVerifier:
         if not _COMPACT_JWT.fullmatch(token):
             raise AuthenticationError("the bearer token is not a valid JWT")
         claims, kid, cert = self._verify_signature(token)
-        if claims.get("iss") not in self.issuers:
+        issuer, audience = claims.get("iss"), claims.get("aud")
+        if not isinstance(issuer, str) or issuer not in self.issuers:
             raise AuthenticationError("the token issuer is not Google")
-        if claims.get("aud") not in self.audiences:
+        if not isinstance(audience, str) or audience not in self.audiences:
             raise AuthenticationError("the token audience is not this service")
         email = claims.get("email")
         if not isinstance(email, str) or email not in self.invokers:
