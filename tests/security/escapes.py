@@ -359,6 +359,8 @@ TOKEN_ESCAPES = [
     _token_escape("token-nbf-nan", _signed_claims(nbf="NaN")),
     _token_escape("token-nbf-huge-float", _signed_claims(nbf="1e400")),
     _token_escape("token-nbf-string", _signed_claims(nbf='"0"')),
+    _token_escape("token-issuer-not-a-string", _signed_claims(iss="[]")),
+    _token_escape("token-audience-a-list", _signed_claims(aud=json.dumps([AUDIENCE]))),
     _token_escape(
         "token-claims-not-an-object", lambda kit: raw_token(kit.issuer, _header(kit), b"[1,2]")
     ),
