@@ -4,7 +4,9 @@ The same call, ``defer(process_batch, records)`` with 100 records (about 4 KB
 pickled), against ``pickle.dumps((process_batch, (records,), {}))``: the difference
 is what the library adds (option parsing, framing, building the Task message,
 recording it). The minimal call ``defer(process, "user-42", 20)`` is reported too,
-where that fixed cost dominates.
+where that fixed cost dominates, and P2-signed: the 4 KB call with a signing key, whose
+frame is signed and bound to its destination and issue time (what the security checks
+add on the enqueuing side).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cloudtasks_deferred import Client
+from cloudtasks_deferred.frame import SigningKey
 from cloudtasks_deferred.testing import TEST_SETTINGS
 from cloudtasks_deferred.transports.memory import InMemoryTransport
 
@@ -30,6 +33,12 @@ def run(quick: bool = False) -> list[Result]:
     rounds = 5 if quick else 25
     transport = InMemoryTransport()
     client = Client(dataclasses.replace(TEST_SETTINGS, ndb=False), transport=transport)
+    signed = Client(
+        dataclasses.replace(
+            TEST_SETTINGS, ndb=False, signing_keys=(SigningKey("bench", bytes(range(32))),)
+        ),
+        transport=transport,
+    )
 
     def best_microseconds(func: Callable[[], Any]) -> float:
         times = []
@@ -39,13 +48,14 @@ def run(quick: bool = False) -> list[Result]:
         return min(times)
 
     results = []
-    cases: list[tuple[str, Callable[..., Any], tuple[Any, ...], float | None]] = [
-        ("P2", process_batch, (make_batch(),), TARGET),
-        ("P2-min", process, ("user-42", 20), None),
+    cases: list[tuple[str, Client, Callable[..., Any], tuple[Any, ...], float | None]] = [
+        ("P2", client, process_batch, (make_batch(),), TARGET),
+        ("P2-min", client, process, ("user-42", 20), None),
+        ("P2-signed", signed, process_batch, (make_batch(),), None),
     ]
-    for key, func, args, target in cases:
+    for key, deferring, func, args, target in cases:
         size = len(pickle.dumps((func, args, {}), protocol=pickle.HIGHEST_PROTOCOL))
-        deferred = best_microseconds(lambda f=func, a=args: client.defer(f, *a))
+        deferred = best_microseconds(lambda c=deferring, f=func, a=args: c.defer(f, *a))
         pickled = best_microseconds(
             lambda f=func, a=args: pickle.dumps((f, a, {}), protocol=pickle.HIGHEST_PROTOCOL)
         )
@@ -57,7 +67,10 @@ def run(quick: bool = False) -> list[Result]:
                 unit="x",
                 target=target,
                 detail=f"{deferred:.1f} us vs {pickled:.1f} us per call"
-                + ("" if target else " (informational: fixed cost dominates)"),
+                + {
+                    "P2-min": " (informational: fixed cost dominates)",
+                    "P2-signed": " (informational: signed and bound)",
+                }.get(key, ""),
             )
         )
     return results
