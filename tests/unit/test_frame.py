@@ -230,3 +230,13 @@ def test_signing_keys_are_validated(key_id: str, secret: bytes, message: str) ->
 def test_signing_key_repr_hides_the_secret() -> None:
     assert "sss" not in repr(KEY)
     assert repr(KEY) == "SigningKey(key_id='k1', secret=<32 bytes>)"
+
+
+def test_an_empty_key_set_verifies_nothing_when_signatures_are_required() -> None:
+    # keys={} is "no key is trusted", not "no keys given" (None): a signed frame is
+    # refused rather than opened unchecked.
+    for key in (KEY, OTHER):
+        with pytest.raises(PayloadSignatureError, match="unknown key"):
+            decode(encode(PICKLED, signing_key=key), keys={}, require_signature=True)
+    with pytest.raises(PayloadSignatureError, match="not signed"):
+        decode(encode(PICKLED), keys={}, require_signature=True)

@@ -31,6 +31,9 @@ from tests.wsgi import call, environ
 
 SECRET_1 = bytes(range(32))
 SECRET_2 = bytes(range(100, 140))
+# 33 bytes: 44 base64 characters, no padding, so that a decoder skipping one stray
+# character in the middle would still decode the rest to the full secret.
+SECRET_33 = bytes(range(200, 233))
 VARIABLE = "CLOUDTASKS_DEFERRED_SIGNING_KEYS"
 
 
@@ -84,6 +87,9 @@ def test_blank_means_no_keys(value: str | None) -> None:
         ("k1:" + b64url(b"short secret"), "at least 32 bytes once decoded .this one has 12"),
         ("k1:" + b64url(SECRET_1)[:-1] + "!", "entry 1: the secret is not base64url"),
         ("k1:" + b64url(SECRET_1) + "AA", "entry 1: the secret is not base64url"),
+        ("k1:" + b64url(SECRET_33)[:20] + "!" + b64url(SECRET_33)[20:], "not base64url"),
+        ("k1:" + b64url(SECRET_33)[:20] + " " + b64url(SECRET_33)[20:], "not base64url"),
+        ("k1:" + b64url(SECRET_33)[:20] + "." + b64url(SECRET_33)[20:], "not base64url"),
         (f"bad id!:{b64url(SECRET_1)}", "key ID must be 1-64 letters"),
         (f"k1:{b64url(SECRET_1)},k1:{b64url(SECRET_2)}", "entry 2: the key ID repeats"),
     ],
@@ -95,6 +101,9 @@ def test_blank_means_no_keys(value: str | None) -> None:
         "short secret",
         "bad character",
         "bad length",
+        "bang in the middle",
+        "space in the middle",
+        "dot in the middle",
         "bad key id",
         "duplicate key id",
     ],
