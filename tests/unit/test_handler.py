@@ -173,7 +173,11 @@ def test_spoofed_queue_headers_off_app_engine_get_403(handler: Handler) -> None:
         pickle.dumps(tasks.Canary()),
         headers={"X-AppEngine-QueueName": "default", "X-CloudTasks-QueueName": "default"},
     )
-    assert call(handler, env).code == 403
+    response = call(handler, env)
+    assert (response.code, response.body) == (
+        403,
+        b"Forbidden: the request has no Authorization: Bearer token",
+    )
     assert env["wsgi.input"].reads == 0
     assert RECORDER.named("canary") == []
 
@@ -191,14 +195,11 @@ def test_bad_token_gets_403_naming_the_check(handler: Handler, issuer: Issuer) -
 def test_oversized_body_gets_413_unread(handler: Handler, auth: dict[str, str]) -> None:
     env = environ(b"x", headers=auth, content_length=str(1024 * 1024 + 1))
     response = call(handler, env)
-    assert response.code == 413
+    assert (response.code, response.body) == (
+        413,
+        b"PayloadTooLarge: a task body is at most 1048576 bytes",
+    )
     assert env["wsgi.input"].reads == 0
-
-
-def test_chunked_body_over_the_limit_gets_413(client: Client, auth: dict[str, str]) -> None:
-    env = environ(b"x" * 200, headers=auth, content_length="")
-    env["wsgi.input_terminated"] = True
-    assert call(Handler(client=client, max_body_bytes=100), env).code == 413
 
 
 def test_chunked_body_within_the_limit_runs(handler: Handler, auth: dict[str, str]) -> None:
@@ -233,7 +234,10 @@ def test_certs_unavailable_gets_503(issuer: Issuer, auth: dict[str, str]) -> Non
     certs = CachedCerts("https://certs.invalid", fetch=lambda url: (500, {}, b""))
     client = Client(SETTINGS, authenticator=authenticator_for(SETTINGS, certs=certs))
     response = call(Handler(client=client), environ(payload(tasks.record), headers=auth))
-    assert response.code == 503
+    assert (response.code, response.body) == (
+        503,
+        b"ServiceUnavailable: token verification is unavailable",
+    )
     assert RECORDER.calls == []
 
 
@@ -285,7 +289,8 @@ def test_missing_code_gets_500_so_a_deploy_can_fix_it(
     handler: Handler, auth: dict[str, str]
 ) -> None:
     body = payload(tasks.record).replace(b"tests.tasks", b"tests.gone!")
-    assert call(handler, environ(body, headers=auth)).code == 500
+    response = call(handler, environ(body, headers=auth))
+    assert (response.code, response.body) == (500, b"Error")
 
 
 def test_newer_frame_gets_500(handler: Handler, auth: dict[str, str]) -> None:
@@ -359,7 +364,10 @@ def test_run_from_request_raises_the_task_failures(handler: Handler, auth: dict[
 
 
 def test_run_from_request_answers_refusals_without_raising(handler: Handler) -> None:
-    assert handler.run_from_request(environ(payload(tasks.record)))[1] == 403
+    assert handler.run_from_request(environ(payload(tasks.record)))[:2] == (
+        "Forbidden: the request has no Authorization: Bearer token",
+        403,
+    )
 
 
 @pytest.mark.parametrize(

@@ -229,11 +229,3 @@ def test_the_default_cache_keeps_256_tokens(issuer: Issuer) -> None:
     assert tokens.get("t0", 0) is None  # the least recently used went
     assert tokens.get("t1", 0) is entry
     assert tokens.get("t256", 0) is entry
-
-
-def test_a_cache_of_one_keeps_one_token() -> None:
-    tokens = VerifiedTokens(max_entries=1)
-    entry = CachedToken(claims={}, kid="k", cert="PEM", expires_at=100.0)
-    tokens.put("t1", entry)
-    assert len(tokens) == 1
-    assert tokens.get("t1", 0) is entry
