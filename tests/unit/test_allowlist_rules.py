@@ -12,6 +12,7 @@ under test loses a case whenever the set loses an entry.
 from __future__ import annotations
 
 import collections
+import dbm
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -244,3 +245,10 @@ def test_an_instance_the_pickle_makes_is_still_filled_in() -> None:
     assert isinstance(loaded, Job)
     assert loaded.name == "built"
     assert allowlist_targets.SHARED.name == "shared"
+
+
+def test_python_2_names_are_translated_exactly_once() -> None:
+    # whichdb.whichdb is dbm.whichdb in Python 3; translating that again (the base
+    # unpickler's fix_imports) would turn the module dbm into dbm.ndbm.
+    allowlist = Allowlist(["dbm.whichdb"])
+    assert allowlist.loads(b"\x80\x02cwhichdb\nwhichdb\n.") is dbm.whichdb

@@ -91,7 +91,10 @@ def test_nothing_configured_refuses_everything_and_logs_what_to_set_once(
                 auth.authenticate(bearer(issuer.token()))
     hints = [r.getMessage() for r in caplog.records if "refusing every task" in r.getMessage()]
     assert len(hints) == 1
-    assert "CLOUDTASKS_DEFERRED_SERVICE_ACCOUNT" in hints[0]
+    assert hints[0].startswith(
+        "refusing every task request: set CLOUDTASKS_DEFERRED_SERVICE_ACCOUNT (or "
+        "CLOUDTASKS_DEFERRED_ALLOWED_INVOKERS) to the service account"
+    )
     assert "CLOUDTASKS_DEFERRED_BASE_URL" in hints[0]
 
 

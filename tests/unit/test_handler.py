@@ -230,10 +230,17 @@ def test_malformed_lengths_get_400(
     assert RECORDER.calls == []
 
 
-def test_certs_unavailable_gets_503(issuer: Issuer, auth: dict[str, str]) -> None:
+def test_certs_unavailable_gets_503(
+    issuer: Issuer, auth: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
     certs = CachedCerts("https://certs.invalid", fetch=lambda url: (500, {}, b""))
     client = Client(SETTINGS, authenticator=authenticator_for(SETTINGS, certs=certs))
-    response = call(Handler(client=client), environ(payload(tasks.record), headers=auth))
+    with caplog.at_level(logging.ERROR, logger="cloudtasks_deferred"):
+        response = call(Handler(client=client), environ(payload(tasks.record), headers=auth))
+    [record] = [r for r in caplog.records if r.name == "cloudtasks_deferred.handler"]
+    assert record.getMessage().startswith(
+        "cannot verify task requests: cannot fetch token certificates from https://certs.invalid"
+    )
     assert (response.code, response.body) == (
         503,
         b"ServiceUnavailable: token verification is unavailable",
