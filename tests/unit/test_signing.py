@@ -64,6 +64,14 @@ def test_secret_encodings(encoded: str) -> None:
     assert parse_signing_keys(f"k:{encoded}") == (SigningKey("k", SECRET_2),)
 
 
+def test_base64url_secrets_use_dash_and_underscore() -> None:
+    secret = bytes([0xFB, 0xEF, 0xFF] * 11)  # base64url "-_-_...", standard "+/+/..."
+    encoded = b64url(secret)
+    assert "-" in encoded
+    assert "_" in encoded
+    assert parse_signing_keys(f"k:{encoded}") == (SigningKey("k", secret),)
+
+
 def test_a_value_parsed_directly_is_named_as_the_caller_says() -> None:
     # For keys read from elsewhere than the variable (SECURITY.md: Secret Manager).
     with pytest.raises(ConfigurationError, match=r"^the signing keys, entry 2: "):
