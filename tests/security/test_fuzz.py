@@ -2,9 +2,11 @@
 
 Five properties, 4,000 examples each (20,000 in all), derandomized so CI runs the same
 examples every time. Each asserts that the WSGI app always answers (no exception
-escapes, ``start_response`` is called) with a status from the documented table, and
-that no canary ran: nothing from an unauthenticated, unsigned or disallowed request was
-unpickled or called.
+escapes, ``start_response`` is called) with a status from the documented table, that
+no canary ran (nothing from an unauthenticated, unsigned or disallowed request was
+unpickled or called), and the answer each class of input must get: the class is read
+from the input's shape (:func:`signed_class`, :func:`length_class`), never from what
+the handler did with it.
 """
 
 from __future__ import annotations
@@ -203,8 +205,15 @@ def test_fuzz_requests_without_a_valid_token(kit: Kit, apps: dict[str, Handler])
     ) -> None:
         if auth is not None:
             headers = {**headers, "Authorization": auth}
-        status, _, reads = wsgi(apps[profile], body, headers, method=method)
-        assert status == (403 if method == "POST" else 405)
+        status, response, reads = wsgi(apps[profile], body, headers, method=method)
+        if method == "POST":
+            # Refused on the headers: the body says which check failed, and it is
+            # never a verdict on the payload, which nobody read.
+            assert status == 403
+            assert response.startswith(b"Forbidden: the "), response
+            assert not response.startswith(REFUSED_PAYLOAD), response
+        else:
+            assert (status, response) == (405, b"MethodNotAllowed")
         assert reads == 0
 
     check()
@@ -229,11 +238,45 @@ def test_fuzz_mutated_tokens(kit: Kit, apps: dict[str, Handler]) -> None:
     check()
 
 
+#: A frame's header: magic, version, flags, metadata length (frame.py's layout).
+HEADER_BYTES = 8
+MAC_BYTES = 32
+
+
+def signed_class(body: bytes, key_id: str) -> str:
+    """The class of a body sent where signatures are required, from its bytes alone."""
+    if not body.startswith(MAGIC):
+        return "not a frame"
+    if len(body) < HEADER_BYTES:
+        return "truncated header"
+    version, flags = body[4], body[5]
+    if version != 1 or flags & ~(FLAG_COMPRESSED | FLAG_SIGNED):
+        return "newer frame"
+    if not flags & FLAG_SIGNED:
+        return "unsigned frame"
+    if len(body) <= HEADER_BYTES or len(body) < HEADER_BYTES + 1 + body[8] + MAC_BYTES:
+        return "truncated signature"
+    named = body[HEADER_BYTES + 1 : HEADER_BYTES + 1 + body[8]]
+    return "names the key" if named == key_id.encode() else "names another key"
+
+
+#: Refusals of a payload (the token was valid): the body says which check failed.
+NOT_SIGNED = b"Forbidden: the payload is not signed"
+REFUSED_PAYLOAD = b"Forbidden: the payload "
+
+
 def test_fuzz_bodies_where_signatures_are_required(kit: Kit, apps: dict[str, Handler]) -> None:
-    """Valid token, signed profile: mutated frames and junk never get unpickled."""
+    """Valid token, signed profile: mutated frames and junk never get unpickled, and
+    each class of body gets its own answer."""
     pool = forged_bodies(kit)
     signed_harmless = harmless_frame(kit.signing_key)
     auth = kit.bearer()  # one token, as Cloud Tasks reuses one
+    key_id = kit.signing_key.key_id
+    # The pool's canaries signed with the key pass the signature and meet the allowlist.
+    signed_canaries = {
+        b for b in pool if b != signed_harmless and signed_class(b, key_id) == "names the key"
+    }
+    assert len(signed_canaries) == 2
 
     @FUZZ
     @given(
@@ -245,15 +288,41 @@ def test_fuzz_bodies_where_signatures_are_required(kit: Kit, apps: dict[str, Han
     )
     def check(body: bytes) -> None:
         status, response, _ = wsgi(apps["signed"], body, auth)
-        assert status in (200, 403, 500), response
-        if status == 200:  # only the untouched signed task runs; truncated frames are dropped
-            assert body == signed_harmless or response == b"PermanentTaskFailure", response
+        if body == signed_harmless:
+            assert (status, response) == (200, b"Success")
+            return
+        if body in signed_canaries:
+            assert status == 403, response
+            assert response.startswith(b"Forbidden: the payload references 'tests.tasks.canary'")
+            return
+        kind = signed_class(body, key_id)
+        if kind in ("not a frame", "unsigned frame"):
+            assert (status, response) == (403, NOT_SIGNED), kind
+        elif kind == "names the key":  # and is not one of the pool's: altered
+            assert (status, response) == (403, REFUSED_PAYLOAD + b"signature does not verify")
+        elif kind == "names another key":
+            assert (status, response) == (403, REFUSED_PAYLOAD + b"is signed with an unknown key")
+        elif kind == "newer frame":
+            # Retried until a newer deployment reads it: never run, never dropped.
+            assert status >= 500, response
+        else:
+            # A header cut short is dropped as malformed, or refused as unsigned: either
+            # way nothing is unpickled and nothing retries it forever.
+            assert kind in ("truncated header", "truncated signature"), kind
+            assert (status, response) == (200, b"PermanentTaskFailure") or (
+                status == 403 and response.startswith(REFUSED_PAYLOAD)
+            ), response
 
     check()
 
 
+#: What allowed code records when it runs (tests.security.allowed_tasks).
+ALLOWED_RECORDS = frozenset({"allowed_record", "job", "static"})
+
+
 def test_fuzz_pickles_against_the_allowlist(kit: Kit, apps: dict[str, Handler]) -> None:
-    """Valid token, no signatures, an allowlist: whatever the pickle, no canary."""
+    """Valid token, no signatures, an allowlist: whatever the pickle, no canary, and
+    only allowed code runs."""
     pool = forged_bodies(kit)
     frames = [b for b in pool if b.startswith(MAGIC) or b[:1] == b"\x80"]
     auth = kit.bearer()
@@ -267,8 +336,31 @@ def test_fuzz_pickles_against_the_allowlist(kit: Kit, apps: dict[str, Handler]) 
         )
     )
     def check(body: bytes) -> None:
+        RECORDER.clear()
         status, response, _ = wsgi(apps["allowlisted"], body, auth)
-        assert status in (200, 403, 408, 500), response
+        kind = signed_class(body, "")
+        if not body.startswith(MAGIC) and body[:1] != b"\x80":
+            # Neither a frame nor a pickle (a mutation hit the first byte).
+            assert (status, response) == (
+                200,
+                b"PermanentTaskFailure",
+            ), response
+        elif kind == "truncated header":
+            assert (status, response) == (200, b"PermanentTaskFailure")
+        elif kind == "newer frame":
+            assert status >= 500, response  # retried, never run
+        elif status == 403:
+            # Refused by the allowlist (the token was valid): the body says what.
+            assert response.startswith(REFUSED_PAYLOAD), response
+        else:
+            # Not a pickle of a call (dropped), allowed code ran, or allowed code raised
+            # or is missing (retried). Nothing here raises SingularTaskFailure: no 408.
+            assert (status, response) in (
+                (200, b"Success"),
+                (200, b"PermanentTaskFailure"),
+                (500, b"Error"),
+            ), response
+        assert {name for name, _ in RECORDER.calls} <= ALLOWED_RECORDS, RECORDER.calls
 
     check()
 
@@ -302,10 +394,47 @@ def test_fuzz_lengths_and_queue_headers(kit: Kit, apps: dict[str, Handler]) -> N
         status, response, _ = wsgi(
             apps[profile], payload, headers, content_length=content_length, chunked=chunked
         )
-        exact = chunked or content_length == str(len(payload))
-        if exact:
-            assert status == 200, response
+        declared = (
+            None if chunked else str(len(payload)) if content_length is None else content_length
+        )
+        kind = length_class(declared, len(payload))
+        if kind == "exact":
+            assert (status, response) == (200, b"Success")
+        elif kind == "malformed":
+            assert (status, response) == (400, b"BadRequest: invalid Content-Length")
+        elif kind == "too large":
+            assert (status, response) == (
+                413,
+                b"PayloadTooLarge: a task body is at most 1048576 bytes",
+            )
+        elif kind == "longer than the body":
+            assert (status, response) == (
+                400,
+                b"BadRequest: the body is shorter than its Content-Length",
+            )
+        elif profile == "oidc":
+            # No length, or a prefix of the frame: not a whole payload, dropped.
+            assert (status, response) == (200, b"PermanentTaskFailure"), kind
         else:
-            assert status in (200, 400, 403, 413), response
+            # A prefix of a signed frame: unsigned or cut in its signature or after it.
+            assert status == 403 or (status, response) == (200, b"PermanentTaskFailure")
+            if status == 403:
+                assert response.startswith(REFUSED_PAYLOAD), response
 
     check()
+
+
+def length_class(declared: str | None, size: int) -> str:
+    """How a request declares its body's length (``None``: chunked), per HTTP/1.1."""
+    if declared is None:
+        return "exact"  # chunked: the whole body is read
+    if declared == "":
+        return "no length"  # neither Content-Length nor chunked: an empty body
+    if not (declared.isascii() and declared.isdigit()):
+        return "malformed"
+    length = int(declared)
+    if length > 1024 * 1024:
+        return "too large"
+    if length > size:
+        return "longer than the body"
+    return "exact" if length == size else "a prefix"

@@ -37,7 +37,8 @@ def test_oidc_caller(issuer: Issuer) -> None:
 
 def test_bearer_scheme_is_case_insensitive(issuer: Issuer) -> None:
     auth = authenticator_for(CLOUD_RUN, certs=StaticCerts(issuer.certs))
-    auth.authenticate({"HTTP_AUTHORIZATION": f"bearer  {issuer.token()} "})
+    caller = auth.authenticate({"HTTP_AUTHORIZATION": f"bearer  {issuer.token()} "})
+    assert caller == ("oidc", INVOKER)
 
 
 @pytest.mark.parametrize(
@@ -90,13 +91,38 @@ def test_nothing_configured_refuses_everything_and_logs_what_to_set_once(
                 auth.authenticate(bearer(issuer.token()))
     hints = [r.getMessage() for r in caplog.records if "refusing every task" in r.getMessage()]
     assert len(hints) == 1
-    assert "CLOUDTASKS_DEFERRED_SERVICE_ACCOUNT" in hints[0]
+    assert hints[0].startswith(
+        "refusing every task request: set CLOUDTASKS_DEFERRED_SERVICE_ACCOUNT (or "
+        "CLOUDTASKS_DEFERRED_ALLOWED_INVOKERS) to the service account"
+    )
     assert "CLOUDTASKS_DEFERRED_BASE_URL" in hints[0]
 
 
 def test_invokers_without_audience_is_not_configured() -> None:
     auth = authenticator_for(Settings(service_account=INVOKER))
     assert auth.verifier is None
+
+
+def test_an_audience_without_invokers_refuses_the_dev_invoker_outside_dev_mode(
+    issuer: Issuer,
+) -> None:
+    # Dev mode alone falls back to the dev invoker; a deployed service with a base URL
+    # and no service account must not accept a (Google-signed) token for that email.
+    settings = Settings(base_url=AUDIENCE, platform=Platform.CLOUD_RUN)
+    auth = authenticator_for(settings, certs=StaticCerts(issuer.certs))
+    assert auth.verifier is None
+    with pytest.raises(AuthenticationError, match="not configured"):
+        auth.authenticate(bearer(issuer.token(email=DEV_INVOKER)))
+
+
+def test_in_dev_mode_an_audience_without_invokers_accepts_the_dev_invoker_only(
+    issuer: Issuer, tmp_path: Path
+) -> None:
+    settings = Settings(base_url=AUDIENCE, dev_mode=True, dev_key_file=tmp_path / "k.pem")
+    auth = authenticator_for(settings, certs=StaticCerts(issuer.certs))
+    assert auth.authenticate(bearer(issuer.token(email=DEV_INVOKER))).identity == DEV_INVOKER
+    with pytest.raises(AuthenticationError, match="not an allowed invoker"):
+        auth.authenticate(bearer(issuer.token(email=INVOKER)))
 
 
 def test_default_certs_come_from_the_shared_cache_of_the_certs_url() -> None:

@@ -78,14 +78,40 @@ def test_age_header_shortens_the_lifetime(clock: Clock) -> None:
     assert cache.fetch_count == 2
 
 
-@pytest.mark.parametrize("cache_control", ["", "no-cache", "max-age=0", "max-age=abc"])
-def test_without_a_usable_max_age_the_cache_still_lasts(clock: Clock, cache_control: str) -> None:
+@pytest.mark.parametrize(
+    ("cache_control", "lifetime"),
+    [("", 300.0), ("no-cache", 300.0), ("max-age=abc", 300.0), ("max-age=0", 30.0)],
+    ids=["none", "no max-age", "not a number", "zero: floored"],
+)
+def test_without_a_usable_max_age_the_cache_lasts_the_default(
+    clock: Clock, cache_control: str, lifetime: float
+) -> None:
+    assert (certs_module.DEFAULT_MAX_AGE, certs_module.MIN_REFRESH_INTERVAL) == (300.0, 30.0)
     endpoint = FakeEndpoint({"k1": "PEM1"}, cache_control=cache_control)
     cache = CachedCerts("https://certs", fetch=endpoint, clock=clock)
     cache.get("k1")
-    clock.now += certs_module.MIN_REFRESH_INTERVAL - 1
+    clock.now += lifetime - 0.5
     cache.get("k1")
     assert endpoint.calls == 1
+    clock.now += 0.5
+    cache.get("k1")
+    assert endpoint.calls == 2
+
+
+@pytest.mark.parametrize("age", ["abc", "", "1e999x"], ids=["text", "empty", "garbage"])
+def test_an_unreadable_age_header_counts_as_zero(clock: Clock, age: str) -> None:
+    cache = CachedCerts(
+        "https://certs",
+        fetch=lambda url: (200, {"Cache-Control": "max-age=600", "Age": age}, b'{"k1": "P"}'),
+        clock=clock,
+    )
+    cache.get("k1")
+    clock.now += 599.5
+    cache.get("k1")
+    assert cache.fetch_count == 1
+    clock.now += 0.5
+    cache.get("k1")
+    assert cache.fetch_count == 2
 
 
 def test_an_unknown_kid_refreshes_at_most_once_per_interval(clock: Clock) -> None:
@@ -128,6 +154,16 @@ def test_no_certificates_at_all_is_unavailable(status: int, body: bytes, message
     cache = CachedCerts("https://certs", fetch=lambda url: (status, {}, body))
     with pytest.raises(CertsUnavailableError, match=message):
         cache.get("k1")
+
+
+@pytest.mark.parametrize("status", [204, 301, 302, 304, 401, 404, 429])
+def test_only_200_answers_are_read_as_certificates(status: int) -> None:
+    # A redirect, a not-modified or a client error with a well-formed body (a captive
+    # portal, a cached error page) must not become the trusted keys.
+    cache = CachedCerts("https://certs", fetch=lambda url: (status, {}, b'{"k1": "PEM1"}'))
+    with pytest.raises(CertsUnavailableError, match=f"HTTP {status}"):
+        cache.get("k1")
+    assert cache.fetch_count == 1
 
 
 def test_concurrent_requests_share_one_fetch() -> None:

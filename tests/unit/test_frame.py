@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import struct
 import zlib
 
@@ -230,3 +232,77 @@ def test_signing_keys_are_validated(key_id: str, secret: bytes, message: str) ->
 def test_signing_key_repr_hides_the_secret() -> None:
     assert "sss" not in repr(KEY)
     assert repr(KEY) == "SigningKey(key_id='k1', secret=<32 bytes>)"
+
+
+def test_an_empty_key_set_verifies_nothing_when_signatures_are_required() -> None:
+    # keys={} is "no key is trusted", not "no keys given" (None): a signed frame is
+    # refused rather than opened unchecked.
+    for key in (KEY, OTHER):
+        with pytest.raises(PayloadSignatureError, match="unknown key"):
+            decode(encode(PICKLED, signing_key=key), keys={}, require_signature=True)
+    with pytest.raises(PayloadSignatureError, match="not signed"):
+        decode(encode(PICKLED), keys={}, require_signature=True)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        pytest.param(b"", "the body is not a deferred task payload", id="empty"),
+        pytest.param(b"\x89CT", "the body is not a deferred task payload", id="short magic"),
+        pytest.param(MAGIC + b"\x01\x00", "the payload frame is truncated", id="header"),
+        pytest.param(MAGIC + b"\x01\x00\x00\x10{}", "the payload frame is truncated", id="meta"),
+        pytest.param(
+            MAGIC + b"\x01\x00\x00\x03{x}", "the payload metadata is not JSON", id="not json"
+        ),
+        pytest.param(
+            MAGIC + b"\x01\x00\x00\x02[]",
+            "the payload metadata is not a JSON object",
+            id="not an object",
+        ),
+        pytest.param(
+            MAGIC + b"\x01\x01\x00\x00not zlib", "the compressed payload is corrupt", id="zlib"
+        ),
+        pytest.param(
+            MAGIC + b"\x01\x01\x00\x00" + zlib.compress(PICKLED)[:-5],
+            "the compressed payload is truncated or has trailing bytes",
+            id="truncated zlib",
+        ),
+        pytest.param(
+            MAGIC + b"\x01\x01\x00\x00" + zlib.compress(PICKLED) + b"junk",
+            "the compressed payload is truncated or has trailing bytes",
+            id="zlib trailer",
+        ),
+    ],
+)
+def test_malformed_bodies_say_what_is_wrong(body: bytes, reason: str) -> None:
+    # The reason reaches the dead letter and the log: it must say what was wrong.
+    with pytest.raises(InvalidPayloadError, match=f"^{reason}"):
+        decode(body, keys=KEYS)
+
+
+def test_a_frame_may_end_right_after_its_signature_or_metadata() -> None:
+    # Nothing after the MAC (signed) or the metadata: complete frames, not truncated.
+    signed = encode(b"", signing_key=KEY)
+    assert read_header(signed) == FrameHeader(1, FLAG_SIGNED, "k1", len(signed), 0)
+    assert decode(signed, keys=KEYS, require_signature=True) == DecodedFrame({}, b"", "k1")
+    with_metadata = encode(b"", {"a": 1})
+    assert decode(with_metadata) == DecodedFrame({"a": 1}, b"")
+
+
+def test_the_frames_key_id_picks_the_key_verbatim() -> None:
+    # An empty key ID is looked up as "", like any other: it names no configured key.
+    secret = b"e" * 32
+    header = struct.pack(">4sBBH", MAGIC, 1, FLAG_SIGNED, 0) + b"\x00"
+    frame = header + hmac.new(secret, header + PICKLED, hashlib.sha256).digest() + PICKLED
+    assert decode(frame, keys={"": secret}, require_signature=True).key_id == ""
+    with pytest.raises(PayloadSignatureError, match="unknown key"):
+        decode(frame, keys=KEYS, require_signature=True)
+
+
+def test_read_header_shows_a_non_ascii_key_id_byte_by_byte() -> None:
+    # Key IDs are ASCII: other bytes are shown as one replacement character each.
+    body = bytearray(encode(PICKLED, signing_key=SigningKey("ab", b"s" * 32)))
+    body[9:11] = "é".encode()  # two bytes in UTF-8
+    header = read_header(bytes(body))
+    assert header is not None
+    assert header.key_id == "\ufffd\ufffd"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import pickle
@@ -27,6 +28,7 @@ from cloudtasks_deferred.frame import (
     MAGIC,
     InvalidPayloadError,
     PayloadSignatureError,
+    SigningKey,
     UnsupportedPayloadError,
     encode,
 )
@@ -35,7 +37,8 @@ from cloudtasks_deferred.payload import serialize
 from cloudtasks_deferred.transports.memory import InMemoryTransport
 from cloudtasks_deferred.unpickling import DisallowedReferenceError
 from tests import tasks
-from tests.oidc import AUDIENCE, INVOKER, Issuer
+from tests.oidc import AUDIENCE, INVOKER, CertsServer, Issuer
+from tests.security import allowed_tasks
 from tests.tasks import RECORDER
 from tests.wsgi import call, environ
 
@@ -171,7 +174,11 @@ def test_spoofed_queue_headers_off_app_engine_get_403(handler: Handler) -> None:
         pickle.dumps(tasks.Canary()),
         headers={"X-AppEngine-QueueName": "default", "X-CloudTasks-QueueName": "default"},
     )
-    assert call(handler, env).code == 403
+    response = call(handler, env)
+    assert (response.code, response.body) == (
+        403,
+        b"Forbidden: the request has no Authorization: Bearer token",
+    )
     assert env["wsgi.input"].reads == 0
     assert RECORDER.named("canary") == []
 
@@ -189,14 +196,11 @@ def test_bad_token_gets_403_naming_the_check(handler: Handler, issuer: Issuer) -
 def test_oversized_body_gets_413_unread(handler: Handler, auth: dict[str, str]) -> None:
     env = environ(b"x", headers=auth, content_length=str(1024 * 1024 + 1))
     response = call(handler, env)
-    assert response.code == 413
+    assert (response.code, response.body) == (
+        413,
+        b"PayloadTooLarge: a task body is at most 1048576 bytes",
+    )
     assert env["wsgi.input"].reads == 0
-
-
-def test_chunked_body_over_the_limit_gets_413(client: Client, auth: dict[str, str]) -> None:
-    env = environ(b"x" * 200, headers=auth, content_length="")
-    env["wsgi.input_terminated"] = True
-    assert call(Handler(client=client, max_body_bytes=100), env).code == 413
 
 
 def test_chunked_body_within_the_limit_runs(handler: Handler, auth: dict[str, str]) -> None:
@@ -227,11 +231,21 @@ def test_malformed_lengths_get_400(
     assert RECORDER.calls == []
 
 
-def test_certs_unavailable_gets_503(issuer: Issuer, auth: dict[str, str]) -> None:
+def test_certs_unavailable_gets_503(
+    issuer: Issuer, auth: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
     certs = CachedCerts("https://certs.invalid", fetch=lambda url: (500, {}, b""))
     client = Client(SETTINGS, authenticator=authenticator_for(SETTINGS, certs=certs))
-    response = call(Handler(client=client), environ(payload(tasks.record), headers=auth))
-    assert response.code == 503
+    with caplog.at_level(logging.ERROR, logger="cloudtasks_deferred"):
+        response = call(Handler(client=client), environ(payload(tasks.record), headers=auth))
+    [record] = [r for r in caplog.records if r.name == "cloudtasks_deferred.handler"]
+    assert record.getMessage().startswith(
+        "cannot verify task requests: cannot fetch token certificates from https://certs.invalid"
+    )
+    assert (response.code, response.body) == (
+        503,
+        b"ServiceUnavailable: token verification is unavailable",
+    )
     assert RECORDER.calls == []
 
 
@@ -283,7 +297,8 @@ def test_missing_code_gets_500_so_a_deploy_can_fix_it(
     handler: Handler, auth: dict[str, str]
 ) -> None:
     body = payload(tasks.record).replace(b"tests.tasks", b"tests.gone!")
-    assert call(handler, environ(body, headers=auth)).code == 500
+    response = call(handler, environ(body, headers=auth))
+    assert (response.code, response.body) == (500, b"Error")
 
 
 def test_newer_frame_gets_500(handler: Handler, auth: dict[str, str]) -> None:
@@ -357,7 +372,10 @@ def test_run_from_request_raises_the_task_failures(handler: Handler, auth: dict[
 
 
 def test_run_from_request_answers_refusals_without_raising(handler: Handler) -> None:
-    assert handler.run_from_request(environ(payload(tasks.record)))[1] == 403
+    assert handler.run_from_request(environ(payload(tasks.record)))[:2] == (
+        "Forbidden: the request has no Authorization: Bearer token",
+        403,
+    )
 
 
 @pytest.mark.parametrize(
@@ -411,9 +429,134 @@ def test_handler_without_settings_uses_the_bound_client(
     assert RECORDER.named("record") == [1]
 
 
-def test_handler_with_settings_builds_its_own_client() -> None:
-    handler = Handler(SETTINGS)
-    assert call(handler, environ(payload(tasks.record))).code == 403
+KEY = SigningKey("handler-key", b"k" * 32)
+
+
+def test_handler_built_from_settings_applies_their_keys_and_allowlist(
+    certs_server: CertsServer, issuer: Issuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = dataclasses.replace(
+        SETTINGS,
+        oidc_certs_url=certs_server.url,
+        signing_keys=(KEY,),
+        allowed_modules=("tests.tasks",),
+    )
+    # The process's own configuration trusts the same tokens with neither keys nor an
+    # allowlist: a handler falling back to it would run what its settings refuse.
+    for name, value in {
+        "GOOGLE_CLOUD_PROJECT": "p",
+        "CLOUDTASKS_DEFERRED_LOCATION": "us-central1",
+        "CLOUDTASKS_DEFERRED_BASE_URL": AUDIENCE,
+        "CLOUDTASKS_DEFERRED_SERVICE_ACCOUNT": INVOKER,
+        "CLOUDTASKS_DEFERRED_OIDC_CERTS_URL": certs_server.url,
+        "CLOUDTASKS_DEFERRED_NDB": "false",
+    }.items():
+        monkeypatch.setenv(name, value)
+    handler = Handler(settings)
+    auth = {"Authorization": f"Bearer {issuer.token()}"}
+
+    def send(body: bytes) -> tuple[int, bytes]:
+        response = call(handler, environ(body, headers=auth))
+        return response.code, response.body
+
+    signed = encode(serialize(tasks.record, "signed"), signing_key=KEY)
+    assert send(signed) == (200, b"Success")
+    assert send(encode(serialize(tasks.record, "unsigned"))) == (
+        403,
+        b"Forbidden: the payload is not signed",
+    )
+    outside = encode(serialize(allowed_tasks.record, "outside"), signing_key=KEY)
+    code, body = send(outside)
+    assert code == 403
+    assert body.startswith(b"Forbidden: the payload references 'tests.security.allowed_tasks")
+    assert RECORDER.named("record") == ["signed"]
+    assert RECORDER.named("allowed_record") == []
+    # The process default, for contrast, runs the unsigned task.
+    response = call(Handler(), environ(encode(serialize(tasks.record, "default")), headers=auth))
+    assert (response.code, RECORDER.named("record")) == (200, ["signed", "default"])
+
+
+# --- reading the body: lengths, chunking, exact limits ------------------------------------
+
+
+def test_without_a_length_or_chunking_the_body_is_not_read(
+    handler: Handler, client: Client, auth: dict[str, str]
+) -> None:
+    # Neither Content-Length nor chunked encoding: the body is empty (HTTP/1.1), and
+    # reading the stream could block until the client gives up.
+    env = environ(payload(tasks.record, "unread"), headers=auth, content_length="")
+    response = call(handler, env)
+    assert (response.code, response.body) == (200, b"PermanentTaskFailure")
+    assert env["wsgi.input"].reads == 0
+    assert RECORDER.calls == []
+    assert isinstance(client.dead_letters, InMemoryDeadLetters)
+    [letter] = client.dead_letters.letters
+    assert letter.reason.startswith("InvalidPayloadError: the body is not a deferred task")
+
+
+def test_a_missing_wsgi_input_is_an_empty_body(handler: Handler, auth: dict[str, str]) -> None:
+    env = environ(b"", headers=auth, content_length="5")
+    del env["wsgi.input"]
+    response = call(handler, env)
+    assert (response.code, response.body) == (
+        400,
+        b"BadRequest: the body is shorter than its Content-Length",
+    )
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_of_exactly_the_limit_runs_and_one_byte_more_gets_413(
+    client: Client, auth: dict[str, str], chunked: bool
+) -> None:
+    body = payload(tasks.record, "at the limit")
+
+    def send(limit: int) -> tuple[int, bytes, int]:
+        env = environ(body, headers=auth, content_length="" if chunked else None)
+        if chunked:
+            env["wsgi.input_terminated"] = True
+        response = call(Handler(client=client, max_body_bytes=limit), env)
+        return response.code, response.body, env["wsgi.input"].reads
+
+    code, text, _ = send(len(body))
+    assert (code, text) == (200, b"Success")
+    code, text, reads = send(len(body) - 1)
+    assert (code, text) == (
+        413,
+        f"PayloadTooLarge: a task body is at most {len(body) - 1} bytes".encode(),
+    )
+    assert reads == (1 if chunked else 0)  # a declared length is refused unread
+    assert RECORDER.named("record") == ["at the limit"]
+
+
+def test_the_default_limit_is_one_mebibyte(handler: Handler, auth: dict[str, str]) -> None:
+    # At the limit the length passes (and the short body is then a bad request); one
+    # byte more is refused unread.
+    at_limit = environ(b"x", headers=auth, content_length=str(1024 * 1024))
+    assert call(handler, at_limit).code == 400
+    over = environ(b"x", headers=auth, content_length=str(1024 * 1024 + 1))
+    response = call(handler, over)
+    assert (response.code, response.body) == (
+        413,
+        b"PayloadTooLarge: a task body is at most 1048576 bytes",
+    )
+    assert over["wsgi.input"].reads == 0
+
+
+def test_a_chunked_body_is_read_one_byte_past_the_limit_at_most(
+    client: Client, auth: dict[str, str]
+) -> None:
+    env = environ(b"x" * 500, headers=auth, content_length="")
+    env["wsgi.input_terminated"] = True
+    sizes: list[int | None] = []
+    real_read = env["wsgi.input"].read
+
+    def read(size: int | None = -1) -> bytes:
+        sizes.append(size)
+        return real_read(size)
+
+    env["wsgi.input"].read = read
+    assert call(Handler(client=client, max_body_bytes=100), env).code == 413
+    assert sizes == [101]
 
 
 def test_misconfigured_environment_gets_500_and_runs_nothing(

@@ -31,6 +31,9 @@ from tests.wsgi import call, environ
 
 SECRET_1 = bytes(range(32))
 SECRET_2 = bytes(range(100, 140))
+# 33 bytes: 44 base64 characters, no padding, so that a decoder skipping one stray
+# character in the middle would still decode the rest to the full secret.
+SECRET_33 = bytes(range(200, 233))
 VARIABLE = "CLOUDTASKS_DEFERRED_SIGNING_KEYS"
 
 
@@ -61,6 +64,14 @@ def test_secret_encodings(encoded: str) -> None:
     assert parse_signing_keys(f"k:{encoded}") == (SigningKey("k", SECRET_2),)
 
 
+def test_base64url_secrets_use_dash_and_underscore() -> None:
+    secret = bytes([0xFB, 0xEF, 0xFF] * 11)  # base64url "-_-_...", standard "+/+/..."
+    encoded = b64url(secret)
+    assert "-" in encoded
+    assert "_" in encoded
+    assert parse_signing_keys(f"k:{encoded}") == (SigningKey("k", secret),)
+
+
 def test_a_value_parsed_directly_is_named_as_the_caller_says() -> None:
     # For keys read from elsewhere than the variable (SECURITY.md: Secret Manager).
     with pytest.raises(ConfigurationError, match=r"^the signing keys, entry 2: "):
@@ -84,6 +95,10 @@ def test_blank_means_no_keys(value: str | None) -> None:
         ("k1:" + b64url(b"short secret"), "at least 32 bytes once decoded .this one has 12"),
         ("k1:" + b64url(SECRET_1)[:-1] + "!", "entry 1: the secret is not base64url"),
         ("k1:" + b64url(SECRET_1) + "AA", "entry 1: the secret is not base64url"),
+        ("k1:" + b64url(SECRET_33)[:20] + "!" + b64url(SECRET_33)[20:], "not base64url"),
+        ("k1:" + b64url(SECRET_33)[:20] + " " + b64url(SECRET_33)[20:], "not base64url"),
+        ("k1:" + b64url(SECRET_33)[:20] + "." + b64url(SECRET_33)[20:], "not base64url"),
+        (f"k1:{b64url(SECRET_1)}:{b64url(SECRET_2)}", "entry 1: the secret is not base64url"),
         (f"bad id!:{b64url(SECRET_1)}", "key ID must be 1-64 letters"),
         (f"k1:{b64url(SECRET_1)},k1:{b64url(SECRET_2)}", "entry 2: the key ID repeats"),
     ],
@@ -95,6 +110,10 @@ def test_blank_means_no_keys(value: str | None) -> None:
         "short secret",
         "bad character",
         "bad length",
+        "bang in the middle",
+        "space in the middle",
+        "dot in the middle",
+        "colon in the secret",
         "bad key id",
         "duplicate key id",
     ],

@@ -11,7 +11,7 @@ import pytest
 
 from cloudtasks_deferred.auth.certs import StaticCerts
 from cloudtasks_deferred.auth.oidc import AuthenticationError, OIDCVerifier
-from cloudtasks_deferred.auth.token_cache import CachedToken, VerifiedTokens
+from cloudtasks_deferred.auth.token_cache import DEFAULT_MAX_ENTRIES, CachedToken, VerifiedTokens
 from tests.oidc import AUDIENCE, INVOKER, Issuer
 
 
@@ -214,3 +214,18 @@ def test_verified_tokens_directly() -> None:
     assert cache.get("t2", 0) is entry
     with pytest.raises(ValueError, match="at least 1"):
         VerifiedTokens(max_entries=0)
+
+
+def test_the_default_cache_keeps_256_tokens(issuer: Issuer) -> None:
+    verifier = OIDCVerifier(
+        certs=StaticCerts(issuer.certs), audiences=[AUDIENCE], invokers=[INVOKER]
+    )
+    assert cache(verifier).max_entries == DEFAULT_MAX_ENTRIES == 256
+    tokens = VerifiedTokens()
+    entry = CachedToken(claims={}, kid="k", cert="PEM", expires_at=100.0)
+    for index in range(257):
+        tokens.put(f"t{index}", entry)
+    assert len(tokens) == 256
+    assert tokens.get("t0", 0) is None  # the least recently used went
+    assert tokens.get("t1", 0) is entry
+    assert tokens.get("t256", 0) is entry

@@ -10,6 +10,7 @@ import datetime
 import decimal
 import functools
 import pickle
+import pickletools
 import sys
 import tracemalloc
 import uuid
@@ -112,10 +113,16 @@ def test_data_types_in_arguments_need_no_listing() -> None:
 
 def test_protocol_0_and_2_pickles_use_copyreg_reconstructors() -> None:
     job = allowed_tasks.Job("old")
-    for protocol in (0, 2):
-        data = pickle.dumps((allowed_tasks.noop, (job,), {}), protocol=protocol)
-        assert b"copy_reg" in data or protocol == 2  # Python 2 names, translated
-        assert loads(data)[1][0].name == "old"
+    # Protocol 0 names copy_reg._reconstructor (the Python 2 name, translated);
+    # protocol 2 writes NEWOBJ, which calls copyreg.__newobj__'s logic without a name.
+    data = pickle.dumps((allowed_tasks.noop, (job,), {}), protocol=0)
+    assert b"ccopy_reg\n_reconstructor\n" in data
+    assert loads(data)[1][0].name == "old"
+    data = pickle.dumps((allowed_tasks.noop, (job,), {}), protocol=2)
+    opcodes = {opcode.name for opcode, _, _ in pickletools.genops(data)}
+    assert "NEWOBJ" in opcodes
+    assert b"copy_reg" not in data
+    assert loads(data)[1][0].name == "old"
 
 
 def test_exact_entries_allow_one_name() -> None:
@@ -283,8 +290,13 @@ def test_entries_that_reach_arbitrary_code_are_refused(entry: str) -> None:
 
 
 def test_safe_entries_are_accepted() -> None:
-    check_entries(["myapp", "myapp.tasks", "builtins.len", "uuid.UUID", "functools.partial"])
-    check_entries(["cloudtasks_deferred.payload.invoke_member"])  # implicit anyway
+    entries = ["myapp", "myapp.tasks", "builtins.len", "uuid.UUID", "functools.partial"]
+    assert check_entries(entries) is None
+    allowlist = Allowlist([*entries, INVOKE_MEMBER])  # listing invoke_member changes nothing
+    assert allowlist.entries == (*entries, INVOKE_MEMBER)
+    assert allowlist.allows_module("myapp.tasks.mail")
+    assert allowlist.loads(global_ref("builtins", "len")) is len
+    assert allowlist.loads(global_ref("functools", "partial")) is functools.partial
 
 
 def test_settings_read_the_allowlist_and_name_the_variable() -> None:
@@ -320,7 +332,12 @@ def test_the_handler_answers_403_naming_the_reference(
         b"CLOUDTASKS_DEFERRED_ALLOWED_MODULES does not allow"
     )
     body = encode(global_ref(CANARY_MODULE, "harmless"))
-    assert call(handler, environ(body, headers=auth)).code == 403
+    response = call(handler, environ(body, headers=auth))
+    assert (response.code, response.body) == (
+        403,
+        b"Forbidden: the payload references 'tests.security.import_canary.harmless', which "
+        b"CLOUDTASKS_DEFERRED_ALLOWED_MODULES does not allow",
+    )
     assert CANARY_MODULE not in sys.modules
     assert RECORDER.named("canary") == []
 

@@ -1,0 +1,77 @@
+"""What the allowlist-rule tests reach: each object here is refused by exactly one rule.
+
+The tests in ``test_allowlist_rules.py`` allow this module (and nothing else) and
+name one of these objects, so that every other rule of
+:mod:`cloudtasks_deferred.unpickling` lets the reference through and the rule under
+test is the only one left to refuse it. Keep it that way: an object refused by two
+rules tests neither.
+"""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import types
+from typing import Any, Final
+from uuid import UUID  # a safe global re-exported here: allowed through its exact entry
+
+__all__ = ["SHARED", "UUID", "Job", "never_filled_in", "run_elsewhere"]
+
+#: ``subprocess.run`` under a name of this module, at the top level.
+run_elsewhere = subprocess.run
+
+
+class Job:
+    """A class of this module: it may be looked into, its own methods are allowed."""
+
+    def __init__(self, name: str = "job") -> None:
+        self.name = name
+
+    def run(self) -> str:
+        return self.name
+
+    #: Defined in ``subprocess``, reached through this module's class.
+    shell = subprocess.run
+
+    #: Each kind of object the unpickler never fills in, as a class attribute.
+    static = staticmethod(len)
+    klass = classmethod(len)
+
+    @property
+    def prop(self) -> str:
+        return self.name
+
+
+#: A shared instance: its bound methods are not classes, so not looked into.
+SHARED: Final = Job("shared")
+
+
+def _function() -> None:
+    """A plain function this module's code hands out."""
+
+
+_NEVER_FILLED_IN: Final[dict[str, Any]] = {
+    "module": collections,
+    "function": _function,
+    "builtin function": len,
+    "method": SHARED.run,
+    "method-wrapper": SHARED.__str__,
+    "wrapper descriptor": object.__init__,
+    "method descriptor": str.join,
+    "classmethod descriptor": dict.__dict__["fromkeys"],
+    "getset descriptor": types.FunctionType.__dict__["__name__"],
+    "member descriptor": types.FunctionType.__dict__["__globals__"],
+    "code": _function.__code__,
+    "staticmethod": Job.__dict__["static"],
+    "classmethod": Job.__dict__["klass"],
+    "property": Job.__dict__["prop"],
+}
+
+
+def never_filled_in(kind: str) -> Any:
+    """Listed code returning an object of ``kind`` (one per never-filled-in type).
+
+    A pickle that calls it gets an object ``find_class`` did not return, so only the
+    unpickler's type check can stop a ``BUILD`` on it.
+    """
+    return _NEVER_FILLED_IN[kind]
