@@ -25,6 +25,7 @@ from cloudtasks_deferred.payload import invoke_member, load_call, serialize
 from cloudtasks_deferred.transports.memory import InMemoryTransport
 from cloudtasks_deferred.unpickling import (
     DANGEROUS_BUILTINS,
+    INVOKE_MEMBER,
     Allowlist,
     DisallowedReferenceError,
     check_entries,
