@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import signal
 import sys
 import threading
@@ -282,8 +283,9 @@ def _add_inspect(commands: Any) -> None:
             "pickle references, and the frame's flags, key ID and metadata. The pickle is "
             "disassembled, never unpickled: nothing is imported or run, and signatures are "
             "not verified. The output shows argument values: treat it like the payload. "
-            "Exit codes: 0 shown, 1 not a readable payload or not a deferred call, "
-            "2 usage (including a file that does not exist)."
+            "A malformed pickle is reported with what could be read of it. Exit codes: "
+            "0 shown, 1 not a payload, a malformed pickle or not a deferred call, 2 usage "
+            "(including a file that does not exist)."
         ),
     )
     inspect.add_argument(
@@ -315,6 +317,8 @@ def _run_inspect(args: argparse.Namespace) -> int:
         inspection = inspect_input(data)
     except InspectError as exc:
         return fail("inspect", str(exc), EXIT_FAILURE)
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a terminal or pipe that is not UTF-8
+        sys.stdout.reconfigure(errors="backslashreplace")
     sys.stdout.write(format_inspection(inspection, disassemble=args.disassemble))
     return EXIT_OK if inspection.call is not None else EXIT_FAILURE
 
