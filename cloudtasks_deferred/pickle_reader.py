@@ -39,8 +39,10 @@ __all__ = [
 ]
 
 
-#: Opcodes :func:`read` reads at most: a task body (1 MB) has fewer, one per byte at most.
-MAX_OPCODES: Final = 2_000_000
+#: Opcodes :func:`read` reads at most: as many as bytes in the largest task body (1 MB,
+#: one byte per opcode at least), which keeps a hostile pickle's symbolic values to
+#: about 130 MB.
+MAX_OPCODES: Final = 1_000_000
 
 
 class UnreadablePickleError(ValueError):
