@@ -1,11 +1,11 @@
 """What the commands of the command-line tools share: argument types, queue files, errors.
 
 A bad value is a usage error (exit 2). Each type function is an argparse ``type=``:
-it returns the parsed value or raises
-``argparse.ArgumentTypeError`` with one sentence saying what is wrong and what is
-expected, which argparse prints as ``PROG: error: argument --port: ...`` before
-exiting with status 2. Values that name something — a directory, a file, an
-interpreter — are checked to exist here, as argparse's own ``FileType`` does.
+it returns the parsed value or raises ``argparse.ArgumentTypeError`` with one sentence
+saying what is wrong and what is expected, which argparse prints as ``PROG: error:
+argument --port: ...`` before exiting with status 2. Values that name something — a
+directory, a file, an interpreter — are checked to exist here, as argparse's own
+``FileType`` does. :func:`fail` prints the one-line errors of the commands themselves.
 """
 
 from __future__ import annotations

@@ -256,14 +256,14 @@ def _run_sweep(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("google.cloud.ndb") is None:
         return fail(
             "sweep",
-            "the outbox is in Datastore, read with google-cloud-ndb, which is not "
-            "installed: pip install 'cloudtasks-deferred[ndb]'",
+            "the outbox sweeper needs Datastore, read with google-cloud-ndb, which is "
+            "not installed: pip install 'cloudtasks-deferred[ndb]'",
             EXIT_UNAVAILABLE,
         )
     try:
         settings = Settings.from_env()
         if (problem := datastore_problem(settings.project)) is not None:
-            return fail("sweep", f"the outbox is in Datastore, and {problem}", EXIT_FAILURE)
+            return fail("sweep", f"the outbox sweeper needs Datastore, and {problem}", EXIT_FAILURE)
         client = Client(settings)
         report = sweep(client, older_than=timedelta(seconds=args.older_than), limit=args.limit)
     except ConfigurationError as exc:

@@ -332,7 +332,8 @@ def test_sweep_without_datastore_access_says_so_without_an_install_hint() -> Non
     assert result.returncode == 1
     line = one_error_line(result, "cloudtasks-deferred sweep: ")
     assert line.startswith(
-        "cloudtasks-deferred sweep: the outbox is in Datastore, and NDB cannot reach Datastore "
+        "cloudtasks-deferred sweep: the outbox sweeper needs Datastore, and NDB cannot reach "
+        "Datastore "
         "(File /nonexistent/credentials.json was not found.)"
     )
     assert "pip install" not in line
