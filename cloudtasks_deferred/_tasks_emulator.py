@@ -18,7 +18,7 @@ import threading
 from concurrent import futures
 from typing import Any
 
-from ._tooling import EXIT_OK, EXIT_UNAVAILABLE, LOOPBACK
+from ._tooling import EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE, LOOPBACK
 
 __all__ = ["main"]
 
@@ -27,8 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     """Starts the emulator and blocks until SIGTERM/SIGINT.
 
     Returns:
-        ``EXIT_UNAVAILABLE`` (3) if gcloud-tasks-emulator is not installed; once
-        started, it ends the process itself with status 0 when stopped.
+        ``EXIT_UNAVAILABLE`` (3) if gcloud-tasks-emulator is not installed,
+        ``EXIT_FAILURE`` (1) if the port is in use; once started, it ends the
+        process itself with status 0 when stopped.
     """
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
@@ -50,10 +51,21 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_UNAVAILABLE
 
     class LoopbackAPIThread(server.APIThread):  # type: ignore[misc]
-        def run(self) -> None:
-            self._httpd = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        """Serves on 127.0.0.1 only, on a port it binds before the emulator starts."""
+
+        def bind(self) -> bool:
+            # Without SO_REUSEPORT (gRPC's default sets it), a port another server
+            # holds is refused here rather than shared with it.
+            self._httpd = grpc.server(
+                futures.ThreadPoolExecutor(max_workers=8), options=[("grpc.so_reuseport", 0)]
+            )
             server.add_CloudTasksServicer_to_server(server.Greeter(self._state), self._httpd)
-            self._httpd.add_insecure_port(f"{LOOPBACK}:{self._port}")
+            try:
+                return bool(self._httpd.add_insecure_port(f"{LOOPBACK}:{self._port}"))
+            except RuntimeError:  # grpcio raises it when the port cannot be bound
+                return False
+
+        def run(self) -> None:
             self._httpd.start()
 
     class SteadyQueueState(server.QueueState):  # type: ignore[misc]
@@ -75,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         LOOPBACK, args.port, default_queue_names=args.queue, max_retries=args.max_retries
     )
     emulator._api = LoopbackAPIThread(emulator._state, LOOPBACK, args.port, daemon=True)
+    if not emulator._api.bind():
+        print(
+            f"port {args.port} on {LOOPBACK} is in use: the Cloud Tasks emulator cannot "
+            "listen there",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

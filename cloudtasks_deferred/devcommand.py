@@ -29,20 +29,23 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from importlib.machinery import PathFinder
 from pathlib import Path
 from typing import Final
 
-from ._tooling import EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE, LOOPBACK
+from ._ports import port_free, port_in_use
+from ._tooling import EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, LOOPBACK
 from .emulators import (
     CloudTasksEmulator,
     DatastoreEmulator,
     EmulatorUnavailableError,
+    PortInUseError,
     free_port,
     stop_process_group,
 )
 from .localdev import app_environment, full_queue_names, start_emulators
 
-__all__ = ["DevOptions", "run_dev"]
+__all__ = ["DevOptions", "check", "run_dev"]
 
 _READY_TIMEOUT: Final = 60.0  # seconds for the app to accept connections
 
@@ -96,12 +99,13 @@ def run_dev(options: DevOptions) -> int:
     """Runs the app on the emulators until interrupted.
 
     Returns:
-        0 after Ctrl-C/SIGTERM (or when the app exits with status 0); 1 for bad
-        options (``app_dir``, ``source``, a port in use) or if the app did not start
-        or exited with an error; 3 if an emulator or the server the app needs is not
-        installed, or an emulator did not start or answer.
+        0 after Ctrl-C/SIGTERM (or when the app exits with status 0); 1 if the
+        app's port is in use, or the app did not start or exited with an error; 2
+        for options naming what does not exist (see :func:`check`); 3 if an
+        emulator or the server the app needs is not installed, or an emulator did
+        not start or answer.
     """
-    problem = _check(options)
+    problem = check(options)
     if problem is not None:
         return _fail(*problem)
     stop = threading.Event()
@@ -112,6 +116,8 @@ def run_dev(options: DevOptions) -> int:
     try:
         with contextlib.ExitStack() as stack:
             return _serve(options, stack, stop)
+    except PortInUseError as exc:  # an emulator's port, taken while it started
+        return _fail(f"{exc.holder}: stop it and try again", EXIT_FAILURE)
     except EmulatorUnavailableError as exc:
         return _fail(str(exc), EXIT_UNAVAILABLE)
     finally:
@@ -119,14 +125,28 @@ def run_dev(options: DevOptions) -> int:
             signal.signal(signum, handler)
 
 
-def _check(options: DevOptions) -> tuple[str, int] | None:
-    """What stops the command before it starts anything: ``(message, exit code)``."""
+def check(options: DevOptions) -> tuple[str, int] | None:
+    """What stops the command before it starts anything.
+
+    Returns:
+        ``(message, exit code)``: 2 for options naming what does not exist (the
+        app's directory, source file or module), 1 for the app's port in use, 3 for
+        a missing emulator or server; ``None`` when nothing does.
+    """
     if not options.app_dir.is_dir():
-        return f"--app-dir {options.app_dir} is not a directory", EXIT_FAILURE
+        return f"--app-dir {options.app_dir} is not a directory", EXIT_USAGE
     if options.functions_target and not (options.app_dir / options.source).is_file():
-        return f"no {options.source} in {options.app_dir} (--source)", EXIT_FAILURE
-    if options.port and not _port_free(options.port):
-        return f"port {options.port} on {LOOPBACK} is in use: pass another --port", EXIT_FAILURE
+        return f"no {options.source} in {options.app_dir} (--source)", EXIT_USAGE
+    if options.app is not None:
+        top = options.app.partition(":")[0].split(".")[0]
+        if PathFinder.find_spec(top, [str(options.app_dir), *sys.path]) is None:
+            return (
+                f"no module {top!r} in {options.app_dir.resolve()}: APP is MODULE:ATTRIBUTE "
+                "of a module there (--app-dir), e.g. main:app for app in main.py",
+                EXIT_USAGE,
+            )
+    if options.port and not port_free(options.port):
+        return f"{port_in_use(options.port)}: stop it or pass another --port", EXIT_FAILURE
     missing = _missing_tool(options)
     return (missing, EXIT_UNAVAILABLE) if missing else None
 
@@ -137,33 +157,28 @@ def _missing_tool(options: DevOptions) -> str | None:
             return "functions-framework is not installed: pip install functions-framework"
     elif importlib.util.find_spec("werkzeug") is None:
         return "the dev server needs werkzeug: pip install werkzeug"
-    if options.tasks_emulator is None and not CloudTasksEmulator.available():
-        return (
-            "gcloud-tasks-emulator is not installed: "
-            "pip install --no-deps gcloud-tasks-emulator==0.6.2 "
-            "(or attach to a running one with --tasks-emulator HOST:PORT)"
-        )
+    if options.tasks_emulator is None and (problem := CloudTasksEmulator.problem()):
+        return f"{problem} (or attach to a running one with --tasks-emulator HOST:PORT)"
     if (
         options.datastore
         and options.datastore_emulator is None
-        and DatastoreEmulator.script() is None
         and importlib.util.find_spec("google.cloud.ndb") is not None
+        and (problem := DatastoreEmulator.problem())
     ):
         return (
-            "the Datastore emulator is not installed, and NDB code needs it: install the "
-            "Google Cloud SDK and run `gcloud components install cloud-datastore-emulator`, "
-            "attach to a running one with --datastore-emulator HOST:PORT, or pass "
-            "--no-datastore if the app does not use NDB"
+            f"NDB code needs the Datastore emulator, and {problem}; or attach to a running "
+            "one with --datastore-emulator HOST:PORT, or pass --no-datastore if the app "
+            "does not use NDB"
         )
     return None
 
 
 def _serve(options: DevOptions, stack: contextlib.ExitStack, stop: threading.Event) -> int:
     datastore = options.datastore and (
-        DatastoreEmulator.script() is not None or options.datastore_emulator is not None
+        options.datastore_emulator is not None or DatastoreEmulator.problem() is None
     )
-    if options.datastore and not datastore:
-        say("the Datastore emulator is not installed; running without it (no NDB)")
+    if options.datastore and not datastore:  # google-cloud-ndb is not installed either
+        say(f"running without Datastore: {DatastoreEmulator.problem()}")
     emulators = start_emulators(
         stack,
         project=options.project,
@@ -201,7 +216,9 @@ def _serve(options: DevOptions, stack: contextlib.ExitStack, stop: threading.Eve
     for target, server_port in servers:
         child = _spawn(_command(options, target, server_port), options.app_dir, env, stack)
         if not _wait_ready(server_port, child, stop):
-            return EXIT_OK if stop.is_set() else _fail(f"{target} did not start", EXIT_FAILURE)
+            if stop.is_set():
+                return EXIT_OK
+            return _fail(f"{target} did not start (its message is above)", EXIT_FAILURE)
         say(f"serving {target} on http://{LOOPBACK}:{server_port}/")
         children.append(child)
     say("ready; Ctrl-C stops the app and the emulators")
@@ -248,19 +265,12 @@ def _wait_ready(port: int, child: subprocess.Popen[bytes], stop: threading.Event
     while time.monotonic() < deadline and not stop.is_set():
         if child.poll() is not None:
             return False
-        if not _port_free(port, connect=True):
+        if _answers(port):
             return True
         stop.wait(0.1)
     return False
 
 
-def _port_free(port: int, *, connect: bool = False) -> bool:
+def _answers(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        if connect:
-            return sock.connect_ex((LOOPBACK, port)) != 0
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do
-        try:
-            sock.bind((LOOPBACK, port))
-        except OSError:
-            return False
-        return True
+        return sock.connect_ex((LOOPBACK, port)) == 0

@@ -8,15 +8,20 @@
 * :class:`DatastoreEmulator` runs the Google Cloud SDK's Datastore emulator (Java),
   found next to ``gcloud``; it is not installable from a package registry.
 
-Both pick a free port when given 0, wait until they answer, and stop their whole
-process group on :meth:`stop`, at the end of a ``with`` block, and when starting
-fails or is interrupted (Ctrl-C): each runs in a session of its own, which a
-terminal's Ctrl-C does not reach, so nothing else would stop it.
+Both pick a free port when given 0 and refuse a port already in use
+(:class:`PortInUseError`, naming the process that holds it when known). Each is
+ready once it answers a real request of its API — ``ListQueues`` over gRPC, a
+Datastore ``lookup`` — not merely a TCP connect, which any program on the port
+would accept. They stop their whole process group on :meth:`stop`, at the end of a
+``with`` block, and when starting fails or is interrupted (Ctrl-C): each runs in a
+session of its own, which a terminal's Ctrl-C does not reach, so nothing else would
+stop it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -30,23 +35,43 @@ import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Final, Self
 
+from ._java import java_problem
+from ._ports import port_free, port_in_use
 from ._tooling import LOOPBACK
 
 __all__ = [
     "CloudTasksEmulator",
     "DatastoreEmulator",
     "EmulatorUnavailableError",
+    "PortInUseError",
     "free_port",
     "stop_process_group",
 ]
 
-_STOP_TIMEOUT = 10.0  # seconds for a process group to exit after SIGTERM, then SIGKILL
+_STOP_TIMEOUT: Final = 10.0  # seconds for a process group to exit after SIGTERM, then SIGKILL
+_PROBE_TIMEOUT: Final = 2.0  # seconds one readiness request may take
+_TASKS_EMULATOR: Final = "gcloud-tasks-emulator==0.6.2"
 
 
 class EmulatorUnavailableError(RuntimeError):
     """An emulator is not installed or did not start; the message says how to fix it."""
+
+
+class PortInUseError(EmulatorUnavailableError):
+    """The port an emulator was asked to listen on is taken by another process.
+
+    Attributes:
+        port: The port.
+        holder: ``port P on 127.0.0.1 is in use by process N (command)``, the
+            process named when this one may see it.
+    """
+
+    def __init__(self, port: int, name: str) -> None:
+        self.port = port
+        self.holder = port_in_use(port)
+        super().__init__(f"{self.holder}: the {name} cannot listen there")
 
 
 def free_port() -> int:
@@ -90,6 +115,7 @@ class _Process:
 
     def __init__(self, port: int, log: IO[bytes] | None) -> None:
         self.port = port or free_port()
+        self._chosen_port = bool(port)
         self._log = log
         self._process: subprocess.Popen[bytes] | None = None
         self._cwd: str | None = None
@@ -112,9 +138,13 @@ class _Process:
         stops the process before it propagates.
 
         Raises:
+            PortInUseError: Its port is taken (checked before starting it, and again
+                if it exits while starting).
             EmulatorUnavailableError: It is missing, exited, or did not answer in time.
         """
         try:
+            if self._chosen_port and not port_free(self.port):
+                raise PortInUseError(self.port, self.name)
             self._process = subprocess.Popen(  # noqa: S603 - argv built here, no shell
                 self._command(),
                 stdout=self._log or subprocess.DEVNULL,
@@ -135,11 +165,21 @@ class _Process:
         while time.monotonic() < deadline:
             code = process.poll()
             if code is not None:
-                raise EmulatorUnavailableError(f"the {self.name} exited with status {code}")
+                if not port_free(self.port):  # another process took it meanwhile
+                    raise PortInUseError(self.port, self.name)
+                raise EmulatorUnavailableError(
+                    f"the {self.name} exited with status {code}{self._log_hint()}"
+                )
             if self._ready():
                 return
             time.sleep(0.1)
-        raise EmulatorUnavailableError(f"the {self.name} did not answer within {timeout:.0f} s")
+        raise EmulatorUnavailableError(
+            f"the {self.name} did not answer within {timeout:.0f} s{self._log_hint()}"
+        )
+
+    def _log_hint(self) -> str:
+        name = getattr(self._log, "name", None)
+        return f" (its output is in {name})" if isinstance(name, str) else ""
 
     def stop(self) -> None:
         """Stops the process and its children (idempotent)."""
@@ -195,21 +235,72 @@ class CloudTasksEmulator(_Process):
         ]  # fmt: skip
 
     def _ready(self) -> bool:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            return sock.connect_ex((LOOPBACK, self.port)) == 0
+        """Whether ``ListQueues`` answers, listing every queue it was asked to create."""
+        # Lazy: google-cloud-tasks and grpc are heavy, and only this probe needs them here.
+        import grpc
+        from google.api_core import exceptions
+        from google.cloud import tasks_v2
+        from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
+
+        parents = {queue.rsplit("/queues/", 1)[0] for queue in self.queues}
+        # A channel per probe: one that failed to connect would wait out gRPC's
+        # reconnect backoff (a second and more) before trying again.
+        channel = grpc.insecure_channel(self.host)
+        try:
+            client = tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+            listed = set()
+            for parent in parents or {"projects/readiness/locations/us-central1"}:
+                pager = client.list_queues(parent=parent, retry=None, timeout=_PROBE_TIMEOUT)
+                listed |= {queue.name for queue in pager}
+        except exceptions.GoogleAPIError:
+            return False
+        finally:
+            channel.close()
+        return set(self.queues) <= listed
 
     @staticmethod
     def available(python: str | None = None) -> bool:
-        """Whether ``gcloud_tasks_emulator`` is importable by ``python``."""
+        """Whether ``python`` can run the emulator (see :meth:`problem`)."""
+        return CloudTasksEmulator.problem(python) is None
+
+    @staticmethod
+    def problem(python: str | None = None) -> str | None:
+        """What keeps ``python`` from running the emulator, and how to fix it.
+
+        Args:
+            python: The interpreter; this one when ``None``.
+
+        Returns:
+            ``None`` if it can import ``gcloud_tasks_emulator`` and this library's
+            runner of it; otherwise a sentence naming what is missing.
+        """
+        interpreter = python or sys.executable
+        pip = "pip" if python is None else f"{interpreter} -m pip"
+        code = (
+            "import gcloud_tasks_emulator.server, cloudtasks_deferred._tasks_emulator; "
+            "print('importable')"
+        )
         try:
             result = subprocess.run(  # noqa: S603 - argv built here, no shell
-                [python or sys.executable, "-c", "import gcloud_tasks_emulator.server"],
-                capture_output=True,
-                check=False,
+                [interpreter, "-c", code], capture_output=True, text=True, check=False
             )
-        except OSError:
-            return False
-        return result.returncode == 0
+        except OSError as exc:
+            return f"cannot run {interpreter}: {exc.strerror or exc}"
+        if result.returncode == 0 and result.stdout.strip() == "importable":
+            return None
+        last = (result.stderr.strip().splitlines() or [""])[-1]
+        if result.returncode == 0 or "Error" not in last:
+            return f"{interpreter} is not a Python interpreter: give one with --python"
+        if "gcloud_tasks_emulator" in last:
+            return (
+                f"gcloud-tasks-emulator is not installed: {pip} install --no-deps {_TASKS_EMULATOR}"
+            )
+        if "cloudtasks_deferred" in last:
+            return (
+                f"{interpreter} does not have cloudtasks-deferred installed, whose runner starts "
+                f"the emulator: {pip} install /path/to/this/repository"
+            )
+        return f"{interpreter} cannot run the Cloud Tasks emulator ({last})"
 
 
 class DatastoreEmulator(_Process):
@@ -272,6 +363,21 @@ class DatastoreEmulator(_Process):
         return {"DATASTORE_EMULATOR_HOST": self.host, "DATASTORE_PROJECT_ID": self.project}
 
     @staticmethod
+    def problem() -> str | None:
+        """What keeps the emulator from running here, and what to install; ``None`` if nothing.
+
+        Checks that the Cloud SDK's component is installed and that Java, which runs
+        it, is on the ``PATH`` (see :func:`cloudtasks_deferred._java.java_problem`).
+        """
+        if DatastoreEmulator.script() is None:
+            return (
+                "the Datastore emulator is not installed: install the Google Cloud SDK and "
+                "run `gcloud components install cloud-datastore-emulator` (or the "
+                "google-cloud-cli-datastore-emulator package)"
+            )
+        return java_problem("the Datastore emulator")
+
+    @staticmethod
     def script() -> Path | None:
         """The SDK's ``cloud_datastore_emulator`` script, or ``None`` if not installed."""
         gcloud = shutil.which("gcloud")
@@ -282,24 +388,29 @@ class DatastoreEmulator(_Process):
         return script if script.exists() else None
 
     def _command(self) -> Sequence[str]:
-        script = self.script()
-        if script is None:
-            raise EmulatorUnavailableError(
-                "the Datastore emulator is not installed: install the Google Cloud SDK and "
-                "run `gcloud components install cloud-datastore-emulator` (or the "
-                "google-cloud-cli-datastore-emulator package)"
-            )
+        script, problem = self.script(), self.problem()
+        if script is None or problem is not None:
+            raise EmulatorUnavailableError(problem or "the Datastore emulator is not installed")
         return [
             str(script), "start", f"--host={LOOPBACK}", f"--port={self.port}",
             f"--consistency={self.consistency}", "--store_on_disk=false",
         ]  # fmt: skip
 
     def _ready(self) -> bool:
+        """Whether a Datastore ``lookup`` of a key answers as the Datastore API does."""
+        body = json.dumps({"keys": [{"path": [{"kind": "ReadinessCheck", "name": "probe"}]}]})
+        request = urllib.request.Request(
+            f"http://{self.host}/v1/projects/{self.project}:lookup",
+            data=body.encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         try:
-            with urllib.request.urlopen(f"http://{self.host}/", timeout=1) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
+            with urllib.request.urlopen(request, timeout=_PROBE_TIMEOUT) as response:  # noqa: S310 - loopback
+                answer = json.loads(response.read())
+        except (urllib.error.URLError, OSError, ValueError):
             return False
+        return isinstance(answer, dict) and ("missing" in answer or "found" in answer)
 
     def reset(self) -> None:
         """Deletes every entity (the emulator's ``/reset``)."""

@@ -11,6 +11,14 @@ pickle names is called. ``pickle.loads`` is never used here.
 The report names the callable, shows the arguments, lists every global the pickle
 references, and the frame's flags, signing key ID and metadata (retry limits).
 It prints argument values: treat its output like the payload itself.
+
+Any byte string gets an answer, never a crash: input that is not a payload at all
+raises :class:`InspectError`; a frame whose pickle is malformed (truncated, garbage,
+forged lengths or memo indices, too many opcodes) is reported with what could be read
+— the frame, the globals referenced before the problem — and the problem. The work is
+bounded by :data:`MAX_INPUT_BYTES`, the frame's decompression bound and
+:data:`~cloudtasks_deferred.pickle_reader.MAX_OPCODES`; the output by a budget per
+value and per row.
 """
 
 from __future__ import annotations
@@ -18,9 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import io
 import json
-import pickletools
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -32,6 +38,7 @@ from .frame import (
     decode,
     read_header,
 )
+from .pickle_opcodes import opcodes
 from .pickle_reader import (
     Global,
     Instance,
@@ -39,8 +46,8 @@ from .pickle_reader import (
     SymbolicDict,
     UnreadablePickleError,
     read,
-    render,
 )
+from .pickle_render import printable, render
 from .retry import LIMITS_KEY, STARTED_KEY
 
 __all__ = ["MAX_INPUT_BYTES", "InspectError", "Inspection", "format_inspection", "inspect_input"]
@@ -54,6 +61,9 @@ _INVOKE_MEMBER: Final = frozenset({
 _RECONSTRUCTORS: Final = frozenset({
     Global("copyreg", "_reconstructor"), Global("copy_reg", "_reconstructor")
 })  # fmt: skip
+_ROW_BUDGET: Final = 4000  # characters of one row of the report (arguments, keywords)
+_MAX_REFERENCES: Final = 50  # globals listed; the rest are counted
+_MAX_LISTED: Final = 20_000  # opcodes --disassemble lists
 
 
 class InspectError(Exception):
@@ -88,9 +98,12 @@ class Inspection:
         key_id: The key ID a signed frame names (the signature is not checked).
         metadata: The frame's metadata.
         pickle_size: Bytes of the (decompressed) pickle.
-        structure: The pickle, read symbolically.
+        structure: The pickle, read symbolically; ``None`` if it is malformed.
         call: The deferred call, ``None`` if the pickle is not ``(callable, args, kwargs)``.
         pickled: The pickle itself, for disassembly.
+        problem: Why the pickle could not be read, ``None`` if it could.
+        references: The globals the pickle references (before the problem, if any).
+        protocol: The pickle's protocol (its ``PROTO`` opcode; 0 without one).
     """
 
     task: tuple[tuple[str, str], ...]
@@ -99,9 +112,12 @@ class Inspection:
     key_id: str | None
     metadata: dict[str, Any]
     pickle_size: int
-    structure: PickleStructure
+    structure: PickleStructure | None
     call: Call | None
     pickled: bytes = dataclasses.field(repr=False)
+    problem: str | None = None
+    references: tuple[Global, ...] = ()
+    protocol: int = 0
 
 
 def inspect_input(data: bytes) -> Inspection:
@@ -111,11 +127,11 @@ def inspect_input(data: bytes) -> Inspection:
         data: A frame, a bare pickle, or ``gcloud tasks describe`` JSON.
 
     Returns:
-        What the payload would run.
+        What the payload would run; for a malformed pickle, what could be read of it
+        and the problem (:attr:`Inspection.problem`).
 
     Raises:
-        InspectError: The input is too large, not JSON with a body, not a payload,
-            or not a well-formed pickle.
+        InspectError: The input is too large, not JSON with a body, or not a payload.
     """
     if len(data) > MAX_INPUT_BYTES:
         raise InspectError(f"the input has {len(data)} bytes; a task is at most 1 MB")
@@ -127,10 +143,17 @@ def inspect_input(data: bytes) -> Inspection:
         header = read_header(data)
     except (InvalidPayloadError, UnsupportedPayloadError) as exc:
         raise InspectError(str(exc)) from exc
+    except RecursionError as exc:  # the metadata's JSON nests too deeply for json.loads
+        raise InspectError("the payload metadata is not JSON: it nests too deeply") from exc
+    structure: PickleStructure | None = None
+    problem = None
     try:
         structure = read(frame.pickled)
+        references, protocol = structure.references, structure.protocol
     except UnreadablePickleError as exc:
-        raise InspectError(f"the payload is not a readable pickle: {exc}") from exc
+        problem = f"the payload is not a readable pickle: {exc}"
+        references = exc.references
+        protocol = exc.protocol
     return Inspection(
         task=task,
         frame_version=None if header is None else header.version,
@@ -139,8 +162,11 @@ def inspect_input(data: bytes) -> Inspection:
         metadata=frame.metadata,
         pickle_size=len(frame.pickled),
         structure=structure,
-        call=_call(structure.value),
+        call=None if structure is None else _call(structure.value),
         pickled=frame.pickled,
+        problem=problem,
+        references=references,
+        protocol=protocol,
     )
 
 
@@ -149,6 +175,10 @@ def _body_from_task_json(data: bytes) -> tuple[bytes, tuple[tuple[str, str], ...
         task = json.loads(data)
     except ValueError as exc:
         raise InspectError(f"the input starts with '{{' but is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InspectError(
+            "the input starts with '{' but is not JSON: it nests too deeply"
+        ) from exc
     if not isinstance(task, dict):
         raise InspectError("the task JSON is not an object")
     request = task.get("httpRequest") or task.get("appEngineHttpRequest")
@@ -171,7 +201,7 @@ def _body_from_task_json(data: bytes) -> tuple[bytes, tuple[tuple[str, str], ...
         ("dispatches", task.get("dispatchCount")),
     ]
     # Headers are not shown: in dev mode they carry a bearer token.
-    return raw, tuple((label, str(value)) for label, value in rows if value is not None)
+    return raw, tuple((label, printable(str(value))) for label, value in rows if value is not None)
 
 
 def _call(value: Any) -> Call | None:
@@ -181,22 +211,35 @@ def _call(value: Any) -> Call | None:
     if not isinstance(args, tuple) or not isinstance(kwargs, SymbolicDict):
         return None
     pairs = tuple(kwargs.pairs)
-    if func in _INVOKE_MEMBER and len(args) >= 2 and isinstance(args[1], str):
-        return Call(f"{_type_name(args[0])}.{args[1]}", args[0], args[2:], pairs)
+    # Only a Global is compared: hashing a deeply nested tuple would exhaust the C stack.
+    if isinstance(func, Global) and func in _INVOKE_MEMBER and len(args) >= 2:
+        member = args[1]
+        if isinstance(member, str):
+            name = member if member.isidentifier() else render(member)
+            return Call(f"{_type_name(args[0])}.{name}", args[0], args[2:], pairs)
     return Call(render(func), None, args, pairs)
 
 
 def _type_name(obj: Any) -> str:
     """The class an object would be an instance of (or the class itself, for classmethods)."""
-    if isinstance(obj, Global):
-        return str(obj)
-    if isinstance(obj, Instance):
+    for _ in range(_MAX_NESTING):
+        if isinstance(obj, Global):
+            return render(obj)
+        if not isinstance(obj, Instance):
+            break
         factory = obj.factory
-        if factory in _RECONSTRUCTORS and isinstance(obj.args, tuple) and obj.args:
-            return _type_name(obj.args[0])
-        if isinstance(factory, Global):
-            return str(factory)
+        if isinstance(factory, Global) and factory in _RECONSTRUCTORS:
+            if not (isinstance(obj.args, tuple) and obj.args):
+                break
+            obj = obj.args[0]
+        elif isinstance(factory, Global):
+            return render(factory)
+        else:
+            break
     return render(obj)
+
+
+_MAX_NESTING: Final = 8
 
 
 def format_inspection(inspection: Inspection, *, disassemble: bool = False) -> str:
@@ -204,25 +247,25 @@ def format_inspection(inspection: Inspection, *, disassemble: bool = False) -> s
 
     Args:
         inspection: From :func:`inspect_input`.
-        disassemble: Append :func:`pickletools.dis`'s listing of the pickle.
+        disassemble: Append a listing of the pickle's opcodes (the first 20,000).
     """
     rows: list[tuple[str, str]] = list(inspection.task)
     rows += _frame_rows(inspection)
-    protocol = inspection.structure.protocol
-    rows.append(("pickle", f"protocol {protocol}, {inspection.pickle_size} bytes"))
+    rows.append(("pickle", f"protocol {inspection.protocol}, {inspection.pickle_size} bytes"))
     call = inspection.call
-    if call is None:
+    if inspection.problem is not None:
+        rows.append(("problem", inspection.problem))
+    elif call is None:
+        assert inspection.structure is not None  # noqa: S101 - read, as problem is None
         rows.append(("value", render(inspection.structure.value)))
         rows.append(("problem", "not a (callable, args, kwargs) tuple: the handler refuses it"))
     else:
         rows.append(("callable", call.callable))
         if call.target is not None:
             rows.append(("on object", render(call.target)))
-        rows.append(("arguments", ", ".join(render(arg) for arg in call.args) or "(none)"))
-        keywords = [f"{_keyword(key)}={render(value)}" for key, value in call.kwargs]
-        rows.append(("keywords", ", ".join(keywords) or "(none)"))
-    references = ", ".join(str(ref) for ref in inspection.structure.references)
-    rows.append(("references", references or "(none)"))
+        rows.append(("arguments", _listed(call.args) or "(none)"))
+        rows.append(("keywords", _listed(call.kwargs, keywords=True) or "(none)"))
+    rows.append(("references", _references(inspection)))
     width = max(len(label) for label, _ in rows) + 2
     lines = []
     for label, value in rows:
@@ -231,13 +274,50 @@ def format_inspection(inspection: Inspection, *, disassemble: bool = False) -> s
         lines.extend(f"{'':<{width}}{line}" for line in rest)
     text = "\n".join(lines) + "\n"
     if disassemble:
-        listing = io.StringIO()
-        try:
-            pickletools.dis(inspection.pickled, out=listing)
-        except ValueError as exc:  # a malformed memo reference, already past `read`
-            listing.write(f"(disassembly stopped: {exc})\n")
-        text += "\n" + listing.getvalue()
+        text += "\n" + _disassembly(inspection.pickled)
     return text
+
+
+def _listed(items: Any, *, keywords: bool = False) -> str:
+    """Values (or ``name=value`` pairs), comma-separated, within one row's budget."""
+    shown: list[str] = []
+    used = 0
+    for item in items:
+        if used > _ROW_BUDGET:
+            shown.append(f"… ({len(items) - len(shown)} more)")
+            break
+        if keywords:
+            key, value = item
+            text = f"{_keyword(key)}={render(value)}"
+        else:
+            text = render(item)
+        shown.append(text)
+        used += len(text) + 2
+    return ", ".join(shown)
+
+
+def _references(inspection: Inspection) -> str:
+    references = [render(ref) for ref in inspection.references[:_MAX_REFERENCES]]
+    more = len(inspection.references) - len(references)
+    text = ", ".join(references) + (f" … and {more} more" if more > 0 else "")
+    if inspection.problem is not None:
+        text = (text or "(none)") + " (read before the problem)"
+    return text or "(none)"
+
+
+def _disassembly(pickled: bytes) -> str:
+    """The pickle's opcodes, one per line (offset, name, argument), as far as they read."""
+    lines = []
+    try:
+        for count, (opcode, arg, offset) in enumerate(opcodes(pickled)):
+            if count == _MAX_LISTED:
+                lines.append(f"(the listing stops after {_MAX_LISTED:,} opcodes)")
+                break
+            shown = "" if arg is None else " " + render(arg, limit=100)
+            lines.append(f"{offset:>8}: {opcode.name}{shown}")
+    except (ValueError, OverflowError) as exc:  # as far as the pickle reads
+        lines.append(f"(the listing stops here: {exc})")
+    return "\n".join(lines) + "\n"
 
 
 def _frame_rows(inspection: Inspection) -> list[tuple[str, str]]:
@@ -248,22 +328,33 @@ def _frame_rows(inspection: Inspection) -> list[tuple[str, str]]:
     names = ", ".join(name for bit, name in known if flags & bit) or "none"
     rows = [("frame", f"version {inspection.frame_version}, flags {flags:#04x} ({names})")]
     if inspection.key_id is not None:
-        key = f"key {inspection.key_id!r} (inspect does not verify signatures)"
+        key = f"key {inspection.key_id!a} (inspect does not verify signatures)"
         rows.append(("signed with", key))
     metadata = dict(inspection.metadata)
     lines = []
     retry = metadata.pop(LIMITS_KEY, None)
     if isinstance(retry, dict):
-        limits = ", ".join(f"{key}={value}" for key, value in retry.items())
+        limits = ", ".join(f"{printable(key)}={_json(value)}" for key, value in retry.items())
         lines.append(f"retry limits: {limits}")
     start = metadata.pop(STARTED_KEY, None)
     if isinstance(start, (int, float)) and not isinstance(start, bool):
-        when = datetime.fromtimestamp(start, UTC).isoformat(timespec="seconds")
-        lines.append(f"task age counted from {when}")
-    lines += [f"{key}: {json.dumps(value, sort_keys=True)}" for key, value in metadata.items()]
+        lines.append(f"task age counted from {_timestamp(start)}")
+    lines += [f"{printable(key)}: {_json(value)}" for key, value in metadata.items()]
     rows.append(("metadata", "\n".join(lines) or "(none)"))
     return rows
 
 
+def _json(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= _ROW_BUDGET else text[: _ROW_BUDGET - 1] + "…"
+
+
+def _timestamp(seconds: float) -> str:
+    try:
+        return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):
+        return f"{seconds!r} (not a time)"
+
+
 def _keyword(key: Any) -> str:
-    return key if isinstance(key, str) else render(key)
+    return key if isinstance(key, str) and key.isidentifier() else render(key)

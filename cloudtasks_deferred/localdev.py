@@ -5,11 +5,12 @@ repository's ``scripts/demo.py``:
 
 * :func:`queue_ids_from_yaml` and :func:`queue_ids_from_tfvars` read the queue IDs
   of an App Engine ``queue.yaml`` (by the rules of :mod:`cloudtasks_deferred.queue_yaml`,
-  so locally the queues Terraform would create) or of the Terraform module's
-  ``queues`` map;
+  so locally the queues Terraform would create, and a note for each pull queue left
+  out) or of the Terraform module's ``queues`` map;
 * :func:`start_emulators` starts the Cloud Tasks emulator and the Datastore
   emulator on 127.0.0.1 — or attaches to running ones, creating missing queues;
-* :func:`app_environment` is the environment an app needs to use them in dev mode.
+* :func:`app_environment` is the environment an app needs to use them in dev mode;
+* :func:`datastore_problem` says why NDB could not reach Datastore from here.
 
 Nothing here writes ``os.environ``: the variables are for a child process.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import json
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -30,7 +32,9 @@ from .settings import queue_path
 __all__ = [
     "LocalEmulators",
     "QueueFileError",
+    "QueueIds",
     "app_environment",
+    "datastore_problem",
     "ensure_queues",
     "full_queue_names",
     "queue_ids",
@@ -52,20 +56,35 @@ class QueueFileError(ValueError):
     """
 
 
-def queue_ids_from_yaml(path: Path) -> list[str]:
+@dataclasses.dataclass(frozen=True)
+class QueueIds:
+    """The queues to create, and what was left out of them.
+
+    Attributes:
+        ids: Queue IDs, in order, without repeats.
+        skipped: One sentence per queue of a file that is not created, and why
+            (a queue.yaml's pull queues): tell the user.
+    """
+
+    ids: list[str]
+    skipped: tuple[str, ...] = ()
+
+
+def queue_ids_from_yaml(path: Path) -> QueueIds:
     """Reads the IDs of the queues an App Engine ``queue.yaml`` converts to, and ``default``.
 
     The file is read by :func:`cloudtasks_deferred.queue_yaml.convert`, as
     ``cloudtasks-deferred queue-yaml`` reads it for Terraform: the same file is
     refused, and the same queues are created, locally and when deployed. Pull
-    queues (``mode: pull``) are left out, as they are from Terraform's queues;
-    ``default``, which App Engine always provides, is included.
+    queues (``mode: pull``) are left out, as they are from Terraform's queues, each
+    with a note in ``skipped``; ``default``, which App Engine always provides, is
+    included.
 
     Args:
         path: The ``queue.yaml`` file.
 
     Returns:
-        Queue IDs, ``default`` first, in file order.
+        Queue IDs, ``default`` first, in file order, and the pull queues' notes.
 
     Raises:
         QueueFileError: The file cannot be read, or ``convert`` refuses it.
@@ -76,7 +95,12 @@ def queue_ids_from_yaml(path: Path) -> list[str]:
         conversion = convert(_read(path))
     except QueueYamlError as exc:
         raise QueueFileError(f"{path}: {exc}") from exc
-    return _valid(["default", *conversion.queues], path)
+    skipped = tuple(
+        f"{path}: {name} is a pull queue: not created (Cloud Tasks and deferred tasks "
+        "use push queues; App Engine's pull queue API has no Cloud Tasks equivalent)"
+        for name in conversion.pull_queues
+    )
+    return QueueIds(_valid(["default", *conversion.queues], path), skipped)
 
 
 def queue_ids_from_tfvars(path: Path) -> list[str]:
@@ -124,18 +148,24 @@ def queue_ids(
     names: Sequence[str] | None = None,
     yaml_file: Path | None = None,
     tfvars_file: Path | None = None,
-) -> list[str]:
-    """Combines queue IDs given by name and by file; ``["default"]`` when none is given.
+) -> QueueIds:
+    """Combines queue IDs given by name and by file; ``default`` alone when none is given.
+
+    Returns:
+        The IDs, and the notes of :func:`queue_ids_from_yaml` on what it left out.
 
     Raises:
         QueueFileError: A file cannot be read, or an ID is invalid.
     """
     found = list(names or ())
+    skipped: tuple[str, ...] = ()
     if yaml_file is not None:
-        found += queue_ids_from_yaml(yaml_file)
+        from_yaml = queue_ids_from_yaml(yaml_file)
+        found += from_yaml.ids
+        skipped = from_yaml.skipped
     if tfvars_file is not None:
         found += queue_ids_from_tfvars(tfvars_file)
-    return _valid(found or ["default"], "--queue")
+    return QueueIds(_valid(found or ["default"], "--queue"), skipped)
 
 
 def ensure_queues(host: str, queues: Iterable[str]) -> None:
@@ -258,3 +288,33 @@ def app_environment(
 def full_queue_names(project: str, location: str, ids: Iterable[str]) -> list[str]:
     """``projects/P/locations/L/queues/Q`` for each queue ID."""
     return [queue_path(project, location, queue) for queue in ids]
+
+
+def datastore_problem(project: str | None) -> str | None:
+    """Why google-cloud-ndb cannot make a Datastore client here, and what to do.
+
+    Makes an ``ndb.Client`` as the library would (google-cloud-ndb reads
+    ``DATASTORE_EMULATOR_HOST`` and the application default credentials itself),
+    so that a tool can refuse to start instead of failing every request later.
+
+    Args:
+        project: The project, ``None`` for the credentials' own.
+
+    Returns:
+        ``None`` if a client can be made; otherwise one sentence naming the cause.
+    """
+    # Lazy: google-cloud-ndb is heavy and optional (the ndb extra).
+    try:
+        ndb = importlib.import_module("google.cloud.ndb")
+    except ImportError:
+        return "google-cloud-ndb is not installed: pip install 'cloudtasks-deferred[ndb]'"
+    try:
+        ndb.Client(project=project)
+    except Exception as exc:  # google-auth and ndb raise several kinds
+        cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return (
+            f"NDB cannot reach Datastore ({cause}): use the Datastore emulator "
+            "(DATASTORE_EMULATOR_HOST, which cloudtasks-deferred dev sets) or credentials "
+            "for a project (gcloud auth application-default login, GOOGLE_CLOUD_PROJECT)"
+        )
+    return None

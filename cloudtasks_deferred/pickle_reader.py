@@ -1,40 +1,64 @@
 """Reads what a pickle would build, without unpickling it: nothing is imported or run.
 
-:func:`read` walks the pickle's opcodes (:func:`pickletools.genops`) on a symbolic
-stack: strings, numbers and containers become plain values, while everything
-unpickling would *execute* stays a description — a :class:`Global` for each
-``GLOBAL``/``STACK_GLOBAL``/``INST`` reference (a name, never looked up), an
-:class:`Instance` for each ``REDUCE``/``NEWOBJ``/``OBJ`` call (never made). That
-makes it safe on bytes from anyone: a pickle naming ``os.system`` or a module that
-does not exist is read the same way, and :func:`render` shows it as text.
+:func:`read` walks the pickle's opcodes on a symbolic stack: strings, numbers and
+containers become plain values, while everything unpickling would *execute* stays a
+description — a :class:`Global` for each ``GLOBAL``/``STACK_GLOBAL``/``INST`` reference
+(a name, never looked up), an :class:`Instance` for each ``REDUCE``/``NEWOBJ``/``OBJ``
+call (never made). That makes it safe on bytes from anyone: a pickle naming
+``os.system`` or a module that does not exist is read the same way, and
+:func:`cloudtasks_deferred.pickle_render.render` shows it as text.
+
+Any byte string is either read or refused with :class:`UnreadablePickleError`, which
+keeps what was read before the problem (the globals referenced so far). The work is
+bounded: at most :data:`MAX_OPCODES` opcodes are read
+(:func:`cloudtasks_deferred.pickle_opcodes.opcodes` reads them); lengths a pickle
+states are never allocated beyond the bytes it has; nesting is built without recursion.
+Python 2 ``str`` values (``STRING``, ``BINSTRING``, ``SHORT_BINSTRING``) are read as
+Latin-1 text, as ``pickle.loads(..., encoding="latin1")`` reads them.
 """
 
 from __future__ import annotations
 
 import copyreg
 import dataclasses
-import pickletools
-from collections.abc import Iterator
 from typing import Any, Final
 
+from .pickle_opcodes import opcodes
+
 __all__ = [
+    "MAX_OPCODES",
     "Global",
     "Instance",
+    "Opaque",
     "PickleStructure",
     "SymbolicDict",
     "SymbolicList",
     "SymbolicSet",
     "UnreadablePickleError",
     "read",
-    "render",
 ]
 
-_MAX_TEXT: Final = 200  # characters of one string or bytes value shown
-_MAX_DEPTH: Final = 12
+
+#: Opcodes :func:`read` reads at most: as many as bytes in the largest task body (1 MB,
+#: one byte per opcode at least), which keeps a hostile pickle's symbolic values to
+#: about 130 MB.
+MAX_OPCODES: Final = 1_000_000
 
 
 class UnreadablePickleError(ValueError):
-    """The bytes are not a well-formed pickle (the message says where it breaks)."""
+    """The bytes are not a well-formed pickle (the message says where it breaks).
+
+    Attributes:
+        references: The globals the pickle referenced before the problem.
+        protocol: The protocol its ``PROTO`` opcode stated (0 without one).
+    """
+
+    def __init__(
+        self, message: str, references: tuple[Global, ...] = (), protocol: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.references = references
+        self.protocol = protocol
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +72,7 @@ class Global:
         return f"{self.module}.{self.name}"
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class Instance:
     """An object unpickling would build by running code.
 
@@ -70,21 +94,21 @@ class Instance:
     items: list[Any] = dataclasses.field(default_factory=list)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class SymbolicList:
     """A list; its items are symbolic values."""
 
     items: list[Any] = dataclasses.field(default_factory=list)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class SymbolicDict:
     """A dict as ``(key, value)`` pairs (symbolic keys need not be hashable)."""
 
     pairs: list[tuple[Any, Any]] = dataclasses.field(default_factory=list)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class SymbolicSet:
     """A set or frozenset."""
 
@@ -93,7 +117,9 @@ class SymbolicSet:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Opaque:
+class Opaque:
+    """What a pickle refers to but does not contain (a persistent ID, a buffer), as text."""
+
     text: str
 
 
@@ -244,9 +270,8 @@ class _Machine:
         self.memo[len(self.memo)] = self.stack[-1]
 
     # References: named, never imported.
-    def op_GLOBAL(self, arg: str) -> None:
-        module, _, attribute = arg.partition(" ")
-        self.stack.append(self.refer(module, attribute))
+    def op_GLOBAL(self, arg: tuple[str, str]) -> None:
+        self.stack.append(self.refer(*arg))
 
     def op_STACK_GLOBAL(self, _: None) -> None:
         attribute, module = self.stack.pop(), self.stack.pop()
@@ -255,16 +280,17 @@ class _Machine:
     def op_EXT(self, code: int) -> None:
         # A dict lookup in copyreg's extension registry: nothing is imported.
         known = getattr(copyreg, "_inverted_registry", {}).get(code)
-        self.stack.append(self.refer(*known) if known else _Opaque(f"<extension code {code}>"))
+        self.stack.append(self.refer(*known) if known else Opaque(f"<extension code {code}>"))
 
     def op_PERSID(self, arg: str) -> None:
-        self.stack.append(_Opaque(f"<persistent id {arg!r}>"))
+        self.stack.append(Opaque(f"<persistent id {arg[:100]!r}>"))
 
     def op_BINPERSID(self, _: None) -> None:
-        self.stack.append(_Opaque(f"<persistent id {render(self.stack.pop())}>"))
+        self.stack.pop()
+        self.stack.append(Opaque("<persistent id>"))
 
     def op_NEXT_BUFFER(self, _: None) -> None:
-        self.stack.append(_Opaque("<out-of-band buffer>"))
+        self.stack.append(Opaque("<out-of-band buffer>"))
 
     def op_READONLY_BUFFER(self, _: None) -> None:
         pass
@@ -282,10 +308,9 @@ class _Machine:
         kwargs, args = self.stack.pop(), self.stack.pop()
         self.stack.append(Instance(self.stack.pop(), args, kwargs, new=True))
 
-    def op_INST(self, arg: str) -> None:
-        module, _, attribute = arg.partition(" ")
+    def op_INST(self, arg: tuple[str, str]) -> None:
         args = tuple(self.pop_mark())
-        self.stack.append(Instance(self.refer(module, attribute), args))
+        self.stack.append(Instance(self.refer(*arg), args))
 
     def op_OBJ(self, _: None) -> None:
         factory, *rest = self.pop_mark()
@@ -297,7 +322,7 @@ class _Machine:
         if isinstance(target, Instance):
             target.state, target.has_state = state, True
         else:
-            self.stack[-1] = Instance(_Opaque("<object>"), (), state=state, has_state=True)
+            self.stack[-1] = Instance(Opaque("<object>"), (), state=state, has_state=True)
 
 
 _PUSH_ARG: Final = frozenset({
@@ -316,7 +341,7 @@ def _add(target: Any, value: Any) -> None:
     if isinstance(target, (SymbolicList, SymbolicSet, Instance)):
         target.items.append(value)
     else:
-        raise UnreadablePickleError(f"cannot append to {render(target)}")
+        raise UnreadablePickleError(f"cannot append to {_kind(target)}")
 
 
 def _set(target: Any, key: Any, value: Any) -> None:
@@ -325,26 +350,40 @@ def _set(target: Any, key: Any, value: Any) -> None:
     elif isinstance(target, Instance):
         target.items.append((key, value))
     else:
-        raise UnreadablePickleError(f"cannot set an item on {render(target)}")
+        raise UnreadablePickleError(f"cannot set an item on {_kind(target)}")
 
 
-def read(pickled: bytes) -> PickleStructure:
+def _kind(value: Any) -> str:
+    """``a tuple``, ``an int``: what a value is, without showing it."""
+    name = {SymbolicList: "list", SymbolicDict: "dict", SymbolicSet: "set"}.get(
+        type(value), type(value).__name__
+    )
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def read(pickled: bytes, *, max_opcodes: int = MAX_OPCODES) -> PickleStructure:
     """Describes a pickle without unpickling it.
 
     Args:
         pickled: The pickle.
+        max_opcodes: Opcodes to read at most.
 
     Returns:
         The root value and every global it references.
 
     Raises:
-        UnreadablePickleError: The bytes are not a well-formed pickle.
+        UnreadablePickleError: The bytes are not a well-formed pickle, or have more
+            than ``max_opcodes`` opcodes; it keeps the globals referenced before.
     """
     machine = _Machine()
     position = 0
     try:
-        for opcode, arg, offset in _opcodes(pickled):
+        for count, (opcode, arg, offset) in enumerate(opcodes(pickled)):
             position = offset
+            if count == max_opcodes:
+                raise UnreadablePickleError(
+                    f"stopped after {max_opcodes:,} opcodes: too many to read"
+                )
             machine.step(opcode.name, arg)
             if opcode.name == "STOP":
                 if len(machine.stack) != 1 or machine.metastack:
@@ -352,117 +391,13 @@ def read(pickled: bytes) -> PickleStructure:
                 return PickleStructure(
                     machine.stack[0], machine.protocol, tuple(machine.references)
                 )
-    except UnreadablePickleError:
-        raise
+        raise UnreadablePickleError("the pickle has no STOP opcode")
+    except UnreadablePickleError as exc:
+        problem = str(exc)
     except KeyError as exc:
-        raise UnreadablePickleError(
-            f"malformed pickle at byte {position}: memo entry {exc} was never stored"
-        ) from exc
-    except IndexError as exc:
-        raise UnreadablePickleError(
-            f"malformed pickle at byte {position}: stack underflow"
-        ) from exc
-    except (ValueError, TypeError) as exc:
-        raise UnreadablePickleError(f"malformed pickle at byte {position}: {exc}") from exc
-    raise UnreadablePickleError("the pickle has no STOP opcode")
-
-
-def _opcodes(pickled: bytes) -> Iterator[tuple[pickletools.OpcodeInfo, Any, int]]:
-    for opcode, arg, position in pickletools.genops(pickled):
-        yield opcode, arg, position or 0
-
-
-def render(value: Any, *, limit: int = 2000) -> str:
-    """Shows a symbolic value as Python-like text.
-
-    Calls unpickling would make read ``module.name(args)``; objects made with
-    ``__new__`` read ``<module.Class object>``; ``, state {...}`` follows what
-    ``__setstate__`` would receive. Long strings, deep nesting and values past the
-    limit are elided, so the work stays proportional to ``limit`` even when a small
-    pickle shares one value many times over.
-
-    Args:
-        value: A value from :func:`read`.
-        limit: Characters at most.
-    """
-    text = _Renderer(budget=limit).render(value, 0, frozenset())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-class _Renderer:
-    def __init__(self, budget: int) -> None:
-        self.budget = budget  # values left to show; each shows as one character or more
-
-    def render(self, value: Any, depth: int, active: frozenset[int]) -> str:  # noqa: PLR0911 - a return per kind
-        self.budget -= 1
-        if self.budget < 0 or depth > _MAX_DEPTH:
-            return "…"
-        if isinstance(value, (str, bytes, bytearray)):
-            return _short(value)
-        if value is None or isinstance(value, (bool, int, float)):
-            return repr(value)
-        if isinstance(value, (Global, _Opaque, _Name)):
-            return str(value) if isinstance(value, Global) else value.text
-        if id(value) in active:
-            return "…"  # a container holding itself, as [...] in Python's repr
-        active = active | {id(value)}
-        if isinstance(value, tuple):
-            inner = self.each(value, depth, active)
-            return f"({inner},)" if len(value) == 1 else f"({inner})"
-        if isinstance(value, SymbolicList):
-            return f"[{self.each(value.items, depth, active)}]"
-        if isinstance(value, SymbolicSet):
-            inner = f"{{{self.each(value.items, depth, active)}}}" if value.items else ""
-            return f"frozenset({inner})" if value.frozen else (inner or "set()")
-        if isinstance(value, SymbolicDict):
-            return f"{{{self.each(value.pairs, depth, active, pair=': ')}}}"
-        if isinstance(value, Instance):
-            return self.instance(value, depth, active)
-        return f"<{type(value).__name__}>"  # pragma: no cover - every kind is handled above
-
-    def each(self, items: Any, depth: int, active: frozenset[int], pair: str = "") -> str:
-        shown = []
-        for item in items:
-            if self.budget < 0:
-                shown.append("…")
-                break
-            if pair:
-                key, value = item
-                shown.append(
-                    f"{self.render(key, depth + 1, active)}{pair}"
-                    f"{self.render(value, depth + 1, active)}"
-                )
-            else:
-                shown.append(self.render(item, depth + 1, active))
-        return ", ".join(shown)
-
-    def instance(self, value: Instance, depth: int, active: frozenset[int]) -> str:
-        factory = self.render(value.factory, depth + 1, active)
-        args = value.args if isinstance(value.args, tuple) else (value.args,)
-        parts = [self.each(args, depth, active)] if args else []
-        if isinstance(value.kwargs, SymbolicDict) and value.kwargs.pairs:
-            named = [(_Name(k) if isinstance(k, str) else k, v) for k, v in value.kwargs.pairs]
-            parts.append(self.each(named, depth, active, pair="="))
-        extras = []
-        if value.has_state:
-            extras.append(f"state {self.render(value.state, depth + 1, active)}")
-        if value.items:
-            extras.append(f"items {self.render(tuple(value.items), depth + 1, active)}")
-        if value.new:
-            made = f"<{factory} object" + (f" from __new__({', '.join(parts)})" if parts else "")
-            return made + "".join(f", {extra}" for extra in extras) + ">"
-        call = f"{factory}({', '.join(parts)})"
-        return f"<{call}, {', '.join(extras)}>" if extras else call
-
-
-@dataclasses.dataclass(frozen=True)
-class _Name:
-    """A keyword argument's name: shown bare, not quoted."""
-
-    text: str
-
-
-def _short(value: str | bytes | bytearray) -> str:
-    if len(value) <= _MAX_TEXT:
-        return repr(value)
-    return f"{value[:_MAX_TEXT]!r}…[{len(value)} {'chars' if isinstance(value, str) else 'bytes'}]"
+        problem = f"malformed pickle at byte {position}: memo entry {exc} was never stored"
+    except IndexError:
+        problem = f"malformed pickle at byte {position}: stack underflow"
+    except (ValueError, TypeError, OverflowError, MemoryError) as exc:
+        problem = f"malformed pickle at byte {position}: {exc}"
+    raise UnreadablePickleError(problem, tuple(machine.references), machine.protocol)

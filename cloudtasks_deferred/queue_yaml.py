@@ -91,10 +91,13 @@ class Conversion:
         queues: Queue ID -> attributes, in file order, as the module's ``var.queues``
             takes them; attributes left out keep the module's defaults (Cloud Tasks').
         warnings: One sentence per setting that was not carried over, and why.
+        pull_queues: The names of the pull queues, left out of ``queues`` (a warning
+            says so too).
     """
 
     queues: dict[str, Queue]
     warnings: tuple[str, ...]
+    pull_queues: tuple[str, ...] = ()
 
 
 def convert(text: str) -> Conversion:
@@ -122,19 +125,22 @@ def convert(text: str) -> Conversion:
     if not isinstance(entries, list) or not entries:
         raise QueueYamlError("no queues: expected a `queue:` list of entries, each with a name")
     queues: dict[str, Queue] = {}
+    pull: dict[str, Queue] = {}
     for number, entry in enumerate(entries, start=1):
         if not isinstance(entry, dict):
             raise QueueYamlError(f"queue entry #{number} must be a mapping with a name")
-        name = _name(number, entry.get("name"), queues)
+        name = _name(number, entry.get("name"), queues | pull)
         if (queue := _queue(name, entry, warnings)) is not None:
             queues[name] = queue
+        else:
+            pull[name] = {}
     if "default" not in queues:
         queues["default"] = {"max_dispatches_per_second": 5, "max_attempts": -1}
         warnings.append(
             "default: added at 5/s with unlimited attempts, as App Engine creates it "
             "implicitly; defer() uses it when given no _queue."
         )
-    return Conversion(queues=queues, warnings=tuple(warnings))
+    return Conversion(queues=queues, warnings=tuple(warnings), pull_queues=tuple(pull))
 
 
 def render_json(conversion: Conversion) -> str:
@@ -151,10 +157,24 @@ def _load(text: str) -> dict[object, object]:
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise QueueYamlError(f"not valid YAML: {exc}") from exc
+        raise QueueYamlError(f"not valid YAML{_where(exc)}") from exc
+    except RecursionError as exc:  # PyYAML composes nested nodes recursively
+        raise QueueYamlError("not a queue.yaml: its YAML nests too deeply") from exc
     if not isinstance(document, dict):
         raise QueueYamlError("expected a mapping with a `queue:` list at the top level")
     return document
+
+
+def _where(error: yaml.YAMLError) -> str:
+    """``at line L, column C: problem (context)``: PyYAML's own text names no file, only
+    ``<unicode string>``, and spans several lines."""
+    if not isinstance(error, yaml.MarkedYAMLError):
+        return ": " + str(error).splitlines()[0].strip()
+    mark = error.problem_mark or error.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = error.problem or error.context or "malformed"
+    context = f" ({error.context})" if error.problem and error.context else ""
+    return f"{where}: {problem}{context}"
 
 
 def _reject_unknown(where: str, fields: dict[object, object], known: frozenset[str]) -> None:

@@ -14,7 +14,12 @@ in dev mode, then:
    with ``_transactional=True`` (it runs once, after the commit), then a deposit whose
    transaction rolls back (its task is never enqueued);
 5. waits until all of them ran, printing what the app logs, and prints the final
-   counter (30); then stops everything. Exits 1 if anything did not happen.
+   counter (30); then stops everything.
+
+Before starting anything it checks what it needs — the Datastore emulator and the Java
+that runs it, the Cloud Tasks emulator, the app's port — and says what to install or
+free. Exit codes: 0 all ran, 1 something did not happen or the port is in use, 2 usage,
+3 a prerequisite is missing.
 
 Run it with ``scripts/demo`` (which installs what is needed first).
 """
@@ -38,7 +43,14 @@ from typing import Any
 from google.cloud import ndb
 
 from cloudtasks_deferred import Client, Settings
-from cloudtasks_deferred.emulators import free_port
+from cloudtasks_deferred._cli_args import host_port, port
+from cloudtasks_deferred._ports import port_free, port_in_use
+from cloudtasks_deferred.emulators import (
+    CloudTasksEmulator,
+    DatastoreEmulator,
+    EmulatorUnavailableError,
+    free_port,
+)
 from cloudtasks_deferred.localdev import app_environment, start_emulators
 from cloudtasks_deferred.settings import queue_path
 
@@ -72,27 +84,56 @@ def relay(stream: object) -> None:
         print(f"[app ] {line.rstrip()}", flush=True)
 
 
+def fail(message: str, code: int) -> int:
+    print(f"scripts/demo: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def prerequisites(args: argparse.Namespace) -> tuple[str, int] | None:
+    """What the demo needs and lacks, with what to do: ``(message, exit code)``."""
+    if args.datastore_emulator is None and (problem := DatastoreEmulator.problem()):
+        return problem, 3
+    if args.tasks_emulator is None and (problem := CloudTasksEmulator.problem()):
+        return f"{problem} (scripts/bootstrap installs it)", 3
+    if args.port and not port_free(args.port):
+        return f"{port_in_use(args.port)}: stop it, or pass --port (0: a free one)", 1
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks-emulator", metavar="HOST:PORT", help="use a running one")
-    parser.add_argument("--datastore-emulator", metavar="HOST:PORT", help="use a running one")
+    parser = argparse.ArgumentParser(prog="scripts/demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--port", type=port, default=8080, help="the app's port (default 8080; 0: a free one)"
+    )
+    parser.add_argument(
+        "--tasks-emulator", type=host_port, metavar="HOST:PORT", help="use a running one"
+    )
+    parser.add_argument(
+        "--datastore-emulator", type=host_port, metavar="HOST:PORT", help="use a running one"
+    )
     args = parser.parse_args(argv)
+    problem = prerequisites(args)
+    if problem is not None:
+        return fail(*problem)
     queue = queue_path(PROJECT, LOCATION, "default")
     with contextlib.ExitStack() as stack:
-        emulators = start_emulators(
-            stack,
-            project=PROJECT,
-            queues=[queue],
-            tasks_host=args.tasks_emulator,
-            datastore_host=args.datastore_emulator,
-            announce=say,
-        )
+        try:
+            emulators = start_emulators(
+                stack,
+                project=PROJECT,
+                queues=[queue],
+                tasks_host=args.tasks_emulator,
+                datastore_host=args.datastore_emulator,
+                announce=say,
+            )
+        except EmulatorUnavailableError as exc:
+            return fail(str(exc), 3)
         say(
             f"Datastore emulator on {emulators.datastore_host}, "
             f"Cloud Tasks emulator on {emulators.tasks_host}"
         )
         workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="cloudtasks-demo-"))
-        base_url = f"http://127.0.0.1:{free_port()}"
+        base_url = f"http://127.0.0.1:{args.port or free_port()}"
         # The app and this driver read the same configuration from the environment.
         os.environ.update(
             app_environment(

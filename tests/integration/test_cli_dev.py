@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import requests
 from cloudtasks_deferred.emulators import CloudTasksEmulator, free_port
 from cloudtasks_deferred.transports.cloud_tasks import shared_client
 from tests.integration.conftest import require
-from tests.integration.processes import Command, port_open, wait_until
+from tests.integration.processes import ROOT, Command, port_open, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -55,21 +57,68 @@ def test_dev_serves_an_app_on_an_emulator_it_starts_and_stops_everything(tmp_pat
 
 def test_dev_says_when_the_app_cannot_start(tasks_emulator: CloudTasksEmulator) -> None:
     dev = Command.cli(
-        "dev", "no_such_module:app", "--port", str(free_port()), "--no-datastore",
-        "--tasks-emulator", tasks_emulator.host,
+        "dev", "main:nosuchattr", "--app-dir", str(ROOT / "samples" / "wsgi"),
+        "--port", str(free_port()), "--no-datastore", "--tasks-emulator", tasks_emulator.host,
     )  # fmt: skip
     try:
         assert dev.process.wait(60) == 1
     finally:
         dev.close()
-    assert "cannot load no_such_module:app" in dev.output
-    assert "cloudtasks-deferred dev: no_such_module:app did not start" in dev.output
+    lines = dev.output.splitlines()
+    assert (
+        "python -m cloudtasks_deferred.devserver: cannot load main:nosuchattr: main has no "
+        "attribute 'nosuchattr'"
+    ) in lines
+    assert "cloudtasks-deferred dev: main:nosuchattr did not start (its message is above)" in lines
+    assert "Traceback" not in dev.output
+
+
+def test_dev_refuses_a_module_that_does_not_exist_before_starting_anything(
+    tasks_emulator: CloudTasksEmulator,
+) -> None:
+    dev = Command.cli(
+        "dev", "no_such_module:app", "--port", str(free_port()), "--no-datastore",
+        "--tasks-emulator", tasks_emulator.host,
+    )  # fmt: skip
+    try:
+        assert dev.process.wait(60) == 2
+    finally:
+        dev.close()
+    assert dev.output.startswith("cloudtasks-deferred dev: no module 'no_such_module' in ")
+    assert "[dev]" not in dev.output
+
+
+@pytest.mark.usefixtures("installed_tasks_emulator")
+@pytest.mark.parametrize("holder", ["a plain listener", "another emulator"])
+def test_the_emulator_command_refuses_a_port_in_use_naming_its_holder(
+    holder: str, tasks_emulator: CloudTasksEmulator
+) -> None:
+    with contextlib.ExitStack() as stack:
+        if holder == "another emulator":
+            port = tasks_emulator.port
+        else:
+            sock = stack.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+            port = sock.getsockname()[1]
+        emulator = Command.cli("emulator", "--port", str(port))
+        try:
+            assert emulator.process.wait(60) == 1
+        finally:
+            emulator.close()
+    expected = f"cloudtasks-deferred emulator: port {port} on 127.0.0.1 is in use by process "
+    assert emulator.output.startswith(expected), emulator.output
+    assert emulator.output.endswith("): stop it or pass another --port")
+    if holder == "another emulator":
+        assert "cloudtasks_deferred._tasks_emulator --port" in emulator.output
+    assert "export CLOUD_TASKS_EMULATOR_HOST" not in emulator.output
+    assert len(emulator.output.splitlines()) == 1
 
 
 @pytest.mark.usefixtures("installed_tasks_emulator")
 def test_emulator_creates_the_queues_of_queue_yaml_and_tfvars(tmp_path: Path) -> None:
     queue_yaml = tmp_path / "queue.yaml"
-    queue_yaml.write_text("queue:\n- name: mail\n  rate: 5/s\n")
+    queue_yaml.write_text("queue:\n- name: mail\n  rate: 5/s\n- name: pulled\n  mode: pull\n")
     tfvars = tmp_path / "queues.tfvars.json"
     tfvars.write_text(json.dumps({"queues": {"reports": {"max_attempts": 5}}}))
     port = free_port()
@@ -86,6 +135,10 @@ def test_emulator_creates_the_queues_of_queue_yaml_and_tfvars(tmp_path: Path) ->
             "mail",
             "reports",
         ]
+        assert (
+            f"cloudtasks-deferred emulator: warning: {queue_yaml}: pulled is a pull queue: not "
+            "created"
+        ) in emulator.output
         assert emulator.stop() == 0
     finally:
         emulator.close()

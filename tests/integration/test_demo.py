@@ -26,6 +26,8 @@ def test_the_demo_runs_the_counter_sample_to_30_and_the_storage_tasks(
             tasks_emulator.host,
             "--datastore-emulator",
             datastore_emulator.host,
+            "--port",
+            "0",
         ],
         capture_output=True,
         text=True,

@@ -126,3 +126,5 @@ def test_functions_sample_defers_from_one_function_to_the_other(
     wait_until("the task to run in deferred_task", lambda: sample.get("/") == "10")
     assert sample.pending() == []
     assert sample.dev.stop() == 0
+    # Logged like the other samples' tasks (issue 15): main.py turns on INFO logging.
+    assert sample.dev.output.count("ran main.do_something_later") == 1

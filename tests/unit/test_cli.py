@@ -38,9 +38,15 @@ def test_unknown_arguments_are_usage_errors() -> None:
     assert caught.value.code == 2
 
 
-def test_emulator_missing_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["emulator", "--python", sys.executable + "-missing"]) == 3
-    assert "pip install --no-deps gcloud-tasks-emulator" in capsys.readouterr().err
+def test_emulator_missing_exits_3(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cloudtasks_deferred.emulators import CloudTasksEmulator
+
+    problem = "gcloud-tasks-emulator is not installed: pip install --no-deps ..."
+    monkeypatch.setattr(CloudTasksEmulator, "problem", staticmethod(lambda *_: problem))
+    assert cli.main(["emulator", "--port", "0"]) == 3
+    assert capsys.readouterr().err == f"cloudtasks-deferred emulator: {problem}\n"
 
 
 def test_console_script_is_installed() -> None:

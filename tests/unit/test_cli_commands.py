@@ -7,6 +7,7 @@ What needs the emulators (``dev`` serving an app, ``emulator --queue-yaml``) is 
 from __future__ import annotations
 
 import io
+import os
 import socket
 import subprocess
 import sys
@@ -109,9 +110,19 @@ def test_inspect_a_pickle_that_is_not_a_call_exits_1(
     assert "not a (callable, args, kwargs) tuple" in capsys.readouterr().out
 
 
-def test_inspect_a_missing_file_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["inspect", str(tmp_path / "absent")]) == 1
-    assert "cannot read" in capsys.readouterr().err
+def test_inspect_a_missing_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["inspect", str(tmp_path / "absent")])
+    assert caught.value.code == 2
+    assert "absent does not exist" in capsys.readouterr().err
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Path:
+    (tmp_path / "main.py").write_text("def app(environ, start_response): ...\n")
+    return tmp_path
 
 
 @pytest.mark.parametrize(
@@ -120,8 +131,9 @@ def test_inspect_a_missing_file_exits_1(tmp_path: Path, capsys: pytest.CaptureFi
         (["dev"], "give either APP"),
         (["dev", "main:app", "--functions-target", "f"], "give either APP"),
         (["dev", "main:app", "--tasks-target", "t"], "--tasks-target needs --functions-target"),
-        (["dev", "main.py"], "APP must be MODULE:ATTRIBUTE"),
-        (["dev", "main:app", "--port", "x"], "invalid int value"),
+        (["dev", "main.py"], "'main.py' is not MODULE:ATTRIBUTE"),
+        (["dev", "main:app", "--port", "x"], "'x' is not a TCP port"),
+        (["dev", "main:app", "--app-dir", "/nonexistent"], "/nonexistent does not exist"),
     ],
 )
 def test_dev_usage_errors_exit_2(
@@ -133,31 +145,43 @@ def test_dev_usage_errors_exit_2(
     assert message in capsys.readouterr().err
 
 
-def test_dev_needs_an_existing_app_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["dev", "main:app", "--app-dir", str(tmp_path / "absent")]) == 1
-    assert "is not a directory" in capsys.readouterr().err
-
-
 def test_dev_needs_the_functions_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["dev", "--functions-target", "f", "--app-dir", str(tmp_path)]
-    assert cli.main(argv) == 1
+    assert cli.main(argv) == 2
     assert "no main.py in" in capsys.readouterr().err
 
 
-def test_dev_refuses_a_port_in_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_dev_needs_the_apps_module(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["dev", "web:app", "--app-dir", str(tmp_path)]) == 2
+    assert f"no module 'web' in {tmp_path.resolve()}" in capsys.readouterr().err
+
+
+def test_dev_finds_an_installed_module_too(
+    app_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cloudtasks_deferred import devcommand
+
+    monkeypatch.setattr(devcommand, "_missing_tool", lambda _: "stop here")
+    assert cli.main(["dev", "tests.dev_app:app", "--app-dir", str(app_dir), "--port", "0"]) == 3
+    assert capsys.readouterr().err == "cloudtasks-deferred dev: stop here\n"
+
+
+def test_dev_refuses_a_port_in_use(app_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert cli.main(["dev", "main:app", "--app-dir", str(tmp_path), "--port", str(port)]) == 1
-    assert f"port {port} on 127.0.0.1 is in use" in capsys.readouterr().err
+        assert cli.main(["dev", "main:app", "--app-dir", str(app_dir), "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert f"port {port} on 127.0.0.1 is in use by process {os.getpid()} (" in err
+    assert err.endswith("): stop it or pass another --port\n")
 
 
 def test_dev_reports_a_bad_queue_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "queue.yaml"
     bad.write_text("queue:\n- rate: 1/s\n")
     assert cli.main(["dev", "main:app", "--queue-yaml", str(bad)]) == 1
-    assert f"{bad}: queue entry #1 has no name" in capsys.readouterr().err
+    assert f"cloudtasks-deferred dev: {bad}: queue entry #1 has no name" in capsys.readouterr().err
 
 
 def test_emulator_reports_a_bad_queue_file(
@@ -166,30 +190,34 @@ def test_emulator_reports_a_bad_queue_file(
     bad = tmp_path / "q.json"
     bad.write_text("{}")
     assert cli.main(["emulator", "--queues-json", str(bad)]) == 1
-    assert 'no "queues" object' in capsys.readouterr().err
+    assert "cloudtasks-deferred emulator: " in capsys.readouterr().err
 
 
 def test_dev_without_the_tasks_emulator_exits_3(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    app_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from cloudtasks_deferred import emulators
 
-    monkeypatch.setattr(emulators.CloudTasksEmulator, "available", staticmethod(lambda *_: False))
-    argv = ["dev", "main:app", "--app-dir", str(tmp_path), "--port", "0"]
+    problem = "gcloud-tasks-emulator is not installed: pip install --no-deps gcloud-tasks-emulator"
+    monkeypatch.setattr(emulators.CloudTasksEmulator, "problem", staticmethod(lambda *_: problem))
+    argv = ["dev", "main:app", "--app-dir", str(app_dir), "--port", "0"]
     assert cli.main(argv) == 3
-    assert "pip install --no-deps gcloud-tasks-emulator" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        f"cloudtasks-deferred dev: {problem} (or attach to a running one with "
+        "--tasks-emulator HOST:PORT)\n"
+    )
 
 
 def test_dev_without_the_datastore_emulator_exits_3_when_ndb_is_installed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    app_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from cloudtasks_deferred import emulators
 
     monkeypatch.setattr(emulators.DatastoreEmulator, "script", staticmethod(lambda: None))
-    argv = ["dev", "main:app", "--app-dir", str(tmp_path), "--port", "0"]
+    argv = ["dev", "main:app", "--app-dir", str(app_dir), "--port", "0"]
     assert cli.main(argv) == 3
     err = capsys.readouterr().err
-    assert "the Datastore emulator is not installed, and NDB code needs it" in err
+    assert "NDB code needs the Datastore emulator, and the Datastore emulator is not" in err
     assert "--no-datastore" in err
 
 
@@ -207,12 +235,12 @@ def test_importing_the_cli_stays_light() -> None:
 
 
 def test_dev_attached_to_an_emulator_that_does_not_answer_exits_3(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    app_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         host = f"127.0.0.1:{closed.getsockname()[1]}"  # bound, never listening
-        argv = ["dev", "main:app", "--app-dir", str(tmp_path), "--port", "0", "--no-datastore"]
+        argv = ["dev", "main:app", "--app-dir", str(app_dir), "--port", "0", "--no-datastore"]
         assert cli.main([*argv, "--tasks-emulator", host]) == 3
     queue = "projects/local-project/locations/us-central1/queues/default"
     assert f"cannot create the queue {queue} in the Cloud Tasks emulator at {host}" in (

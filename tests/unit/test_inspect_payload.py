@@ -22,6 +22,7 @@ from cloudtasks_deferred.inspect_payload import (
 )
 from cloudtasks_deferred.payload import invoke_member, serialize
 from tests import tasks
+from tests.run_cli import clean_env, cli, one_error_line
 from tests.tasks import RECORDER
 
 KEY = SigningKey("key-2024", b"s" * 32)
@@ -82,7 +83,7 @@ def test_a_bare_legacy_pickle() -> None:
         (
             datetime.datetime(2024, 1, 1).isoformat,
             "datetime.datetime.isoformat",
-            "datetime.datetime(b",
+            "datetime.datetime(2024, 1, 1, 0, 0)",
         ),
     ],
 )
@@ -179,7 +180,6 @@ def test_app_engine_task_json() -> None:
         (b"hello", "not a deferred task payload"),
         (MAGIC + b"\x09\x00\x00\x00", "needs a newer cloudtasks_deferred"),
         (MAGIC + b"\x01\x01\x00\x00" + b"not zlib", "compressed payload is corrupt"),
-        (encode(b"\x80\x05NN."), "not a readable pickle"),
         (b"{not json", "not JSON"),
         (b"[1]", "not a deferred task payload"),
         (b'{"a": 1}', "neither httpRequest nor appEngineHttpRequest"),
@@ -191,3 +191,146 @@ def test_app_engine_task_json() -> None:
 def test_what_is_not_a_payload_is_refused_with_a_reason(data: bytes, message: str) -> None:
     with pytest.raises(InspectError, match=message):
         inspect_input(data)
+
+
+# Malformed input: what could be read, and the problem (issue 10, class 5).
+
+
+def test_a_truncated_pickle_is_reported_with_what_was_read() -> None:
+    pickled = serialize(tasks.record, "x", os.system)
+    found = inspect_input(encode(pickled[:-12], {"retry": {"task_retry_limit": 2}}))
+    assert found.call is None
+    assert found.problem is not None
+    assert found.problem.startswith("the payload is not a readable pickle: ")
+    assert [str(ref) for ref in found.references] == ["tests.tasks.record"]
+    report = format_inspection(found, disassemble=True)
+    assert "retry limits: task_retry_limit=2" in report
+    assert "references  tests.tasks.record (read before the problem)\n" in report
+    assert "(the listing stops here: " in report
+
+
+@pytest.mark.parametrize(
+    ("pickled", "problem"),
+    [
+        (b"\x80\x05NN.", "the pickle stops with a malformed stack"),
+        (b"\x80\x04j\xff\xff\xff\xff.", "memo entry 4294967295 was never stored"),
+        (
+            b"\x80\x02\x8d" + (1 << 62).to_bytes(8, "little") + b".",
+            "expected 4611686018427387904 bytes",
+        ),
+        (b"\x80\x05\xf0", "unknown opcode b'\\xf0'"),
+        (b"L" + b"9" * 5000 + b"L\n.", "Exceeds the limit (4300 digits)"),
+    ],
+    ids=["stack", "memo", "forged-length", "garbage", "long-text"],
+)
+def test_malformed_pickles_say_what_is_wrong(pickled: bytes, problem: str) -> None:
+    found = inspect_input(encode(pickled))
+    assert found.problem is not None
+    assert problem in found.problem
+
+
+def test_too_many_opcodes_stop_the_reading() -> None:
+    found = inspect_input(encode(b"\x80\x05" + b"N" * 1_000_001 + b".", compress=True))
+    assert found.problem is not None
+    assert found.problem.endswith("stopped after 1,000,000 opcodes: too many to read")
+
+
+def test_a_huge_integer_is_shown_by_its_size() -> None:
+    huge = 1 << 20_000
+    report = format_inspection(inspect_input(encode(serialize(tasks.record, huge))))
+    assert "arguments   <an int of 20,001 bits>\n" in report
+
+
+def test_a_long_argument_list_is_cut_to_one_row() -> None:
+    found = inspect_input(encode(serialize(tasks.record, *range(10_000))))
+    row = next(line for line in format_inspection(found).splitlines() if line.startswith("argu"))
+    assert len(row) < 5000
+    assert row.endswith("more)")
+
+
+def test_what_the_terminal_would_interpret_is_escaped() -> None:
+    call = (invoke_member, (tasks.Counter(1), "\x1b]0;owned\x07", 1), {"\x1b[2J": 2})
+    metadata = {"\x1b[31m": 1, "t0": 1e300}
+    report = format_inspection(inspect_input(encode(pickle.dumps(call, protocol=5), metadata)))
+    assert "\x1b" not in report
+    assert "\x07" not in report
+    assert "callable    tests.tasks.Counter.'\\x1b]0;owned\\x07'\n" in report
+    assert "keywords    '\\x1b[2J'=2\n" in report
+    assert "task age counted from 1e+300 (not a time)" in report
+
+
+def test_json_nested_too_deeply_is_refused() -> None:
+    with pytest.raises(InspectError, match="nests too deeply"):
+        inspect_input(b'{"a":' + b"[" * 100_000)
+    with pytest.raises(InspectError, match="metadata is not JSON"):
+        inspect_input(MAGIC + b"\x01\x00" + (20_000).to_bytes(2, "big") + b"[" * 20_000)
+
+
+def test_the_disassembly_is_bounded() -> None:
+    found = inspect_input(encode(b"\x80\x02" + b"(" * 30_000 + b"l" * 30_000 + b"."))
+    listing = format_inspection(found, disassemble=True).split("\n\n", 1)[1]
+    assert listing.count("\n") == 20_001
+    assert "(the listing stops after 20,000 opcodes)" in listing
+
+
+# Python 2's payloads read readably (issue 15, item 4).
+
+#: (tests.tasks.record, (datetime(2024, 1, 2, 3, 4, 5, 678901),), {}) as the legacy
+#: library's serialize() pickled it on Python 2 (protocol 2, the str as SHORT_BINSTRING).
+PY2_CALL = (
+    b"\x80\x02ctests.tasks\nrecord\nq\x00cdatetime\ndatetime\nq\x01"
+    b"U\n\x07\xe8\x01\x02\x03\x04\x05\n[\xf5q\x02\x85q\x03Rq\x04\x85q\x05}q\x06\x87q\x07."
+)
+#: The same datetime pickled by Python 2 at protocol 0, as an argument inside a frame.
+PY2_DATETIME_0 = b"cdatetime\ndatetime\n(S'\\x07\\xe8\\x01\\x02\\x03\\x04\\x05\\n[\\xf5'\ntR"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [PY2_CALL, encode(b"(ctests.tasks\nrecord\n(" + PY2_DATETIME_0 + b"t(dt.")],
+    ids=["protocol-2", "protocol-0"],
+)
+def test_a_python_2_payload_with_a_datetime(body: bytes) -> None:
+    pickled = body if body.startswith(b"\x80") else body[8:]
+    assert pickle.loads(pickled, encoding="latin1")[1][0] == datetime.datetime(
+        2024, 1, 2, 3, 4, 5, 678901
+    )
+    report = format_inspection(inspect_input(body))
+    assert "arguments   datetime.datetime(2024, 1, 2, 3, 4, 5, 678901)\n" in report
+
+
+# The command, as a user runs it.
+
+
+def test_the_command_shows_a_python_2_datetime(tmp_path: Path) -> None:
+    path = tmp_path / "body"
+    path.write_bytes(PY2_CALL)
+    result = cli("inspect", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "arguments   datetime.datetime(2024, 1, 2, 3, 4, 5, 678901)\n" in result.stdout
+
+
+def test_the_command_reports_a_malformed_pickle_and_exits_1() -> None:
+    body = encode(serialize(tasks.record, "x")[:-3])
+    result = cli("inspect", "-", stdin=body)
+    assert result.returncode == 1
+    assert result.stderr == ""
+    assert "problem     the payload is not a readable pickle: " in result.stdout
+    assert "references  tests.tasks.record (read before the problem)" in result.stdout
+
+
+def test_the_command_refuses_what_is_not_a_payload_in_one_line() -> None:
+    result = cli("inspect", "-", stdin=b"\x00garbage")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert one_error_line(result, "cloudtasks-deferred inspect: ") == (
+        "cloudtasks-deferred inspect: the body is not a deferred task payload"
+    )
+
+
+def test_the_command_survives_an_ascii_terminal(tmp_path: Path) -> None:
+    path = tmp_path / "body"
+    path.write_bytes(encode(serialize(tasks.record, "café ☕")))
+    result = cli("inspect", str(path), env=clean_env(PYTHONIOENCODING="ascii"))
+    assert result.returncode == 0, result.stderr
+    assert "arguments   'caf\\xe9 \\u2615'" in result.stdout

@@ -11,6 +11,7 @@ from cloudtasks_deferred import Settings
 from cloudtasks_deferred.localdev import (
     LocalEmulators,
     QueueFileError,
+    QueueIds,
     app_environment,
     full_queue_names,
     queue_ids,
@@ -40,12 +41,17 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 def test_queue_yaml_push_queues_plus_the_default_queue(tmp_path: Path) -> None:
     path = write(tmp_path, "queue.yaml", QUEUE_YAML)
-    assert queue_ids_from_yaml(path) == ["default", "mail", "batch"]
+    found = queue_ids_from_yaml(path)
+    assert found.ids == ["default", "mail", "batch"]
+    assert found.skipped == (
+        f"{path}: reports-2 is a pull queue: not created (Cloud Tasks and deferred tasks use "
+        "push queues; App Engine's pull queue API has no Cloud Tasks equivalent)",
+    )
 
 
 def test_queue_yaml_gives_the_queues_terraform_would_create(tmp_path: Path) -> None:
     path = write(tmp_path, "queue.yaml", QUEUE_YAML + "- name: default\n  rate: 2/s\n")
-    ids = queue_ids_from_yaml(path)
+    ids = queue_ids_from_yaml(path).ids
     assert ids == ["default", "mail", "batch"]  # default first; reports-2 is a pull queue
     assert sorted(ids) == sorted(convert(path.read_text()).queues)
 
@@ -116,9 +122,11 @@ def test_a_missing_file_is_named(tmp_path: Path) -> None:
 def test_queue_ids_combine_names_and_files(tmp_path: Path) -> None:
     yaml_file = write(tmp_path, "queue.yaml", QUEUE_YAML)
     tfvars = write(tmp_path, "q.json", json.dumps({"queues": {"jobs": {}, "mail": {}}}))
-    assert queue_ids() == ["default"]
-    assert queue_ids(["a"]) == ["a"]
-    assert queue_ids(["a"], yaml_file, tfvars) == ["a", "default", "mail", "batch", "jobs"]
+    assert queue_ids() == QueueIds(["default"])
+    assert queue_ids(["a"]) == QueueIds(["a"])
+    combined = queue_ids(["a"], yaml_file, tfvars)
+    assert combined.ids == ["a", "default", "mail", "batch", "jobs"]
+    assert len(combined.skipped) == 1
     with pytest.raises(QueueFileError, match="'a b' is not"):
         queue_ids(["a b"])
 

@@ -95,6 +95,12 @@ def test_pull_queues_are_left_out_with_a_warning() -> None:
         "batch-pull: not converted: pull queues exist only in App Engine's task queue API; "
         "the Cloud Tasks v2 API (Terraform's) and deferred tasks use push queues.",
     )
+    assert conversion.pull_queues == ("batch-pull",)
+
+
+def test_a_pull_queue_and_a_push_queue_may_not_share_a_name() -> None:
+    with pytest.raises(QueueYamlError, match="queue 'q' is defined twice"):
+        convert("queue:\n- name: q\n  mode: pull\n- name: q\n  rate: 1/s\n")
 
 
 def test_implicit_default_queue_is_added_with_a_warning() -> None:
@@ -260,7 +266,14 @@ def test_invalid_values_name_the_queue_field_value_and_fix(entry: str, message: 
     [
         ("", "expected a mapping with a `queue:` list at the top level"),
         ("- name: q", "expected a mapping with a `queue:` list at the top level"),
-        ("queue: [", "not valid YAML"),
+        (
+            "queue: [",
+            "not valid YAML at line 1, column 9: expected the node content, but found "
+            "'<stream end>' (while parsing a flow node)",
+        ),
+        ("queue:\n- name: x\n\trate: 1/s", "not valid YAML at line 3, column 1: found "),
+        ("\x00", "not valid YAML: unacceptable character #x0000"),
+        ("[" * 5000 + "]" * 5000, "its YAML nests too deeply"),
         ("total_storage_limit: 1G", "no queues: expected a `queue:` list"),
         ("queue: []", "no queues"),
         ("queue: [default]", "queue entry #1 must be a mapping with a name"),
@@ -277,6 +290,8 @@ def test_invalid_documents_are_refused(text: str, message: str) -> None:
     with pytest.raises(QueueYamlError) as caught:
         convert(text)
     assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert "<unicode string>" not in str(caught.value)
 
 
 def test_errors_are_value_errors_in_the_library_tree() -> None:
@@ -371,8 +386,21 @@ def test_command_refuses_invalid_input_with_exit_1(capsys: pytest.CaptureFixture
 
 
 def test_command_reports_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["queue-yaml", str(tmp_path / "queue.yaml")]) == 1
-    assert "cannot read" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["queue-yaml", str(tmp_path / "queue.yaml")])
+    assert caught.value.code == 2
+    assert "queue.yaml does not exist" in capsys.readouterr().err
+
+
+def test_command_reports_an_unreadable_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "queue.yaml"
+    path.write_bytes(b"queue: \xff\n")
+    assert cli.main(["queue-yaml", str(path)]) == 1
+    assert capsys.readouterr().err.startswith(
+        f"cloudtasks-deferred queue-yaml: cannot read {path}: "
+    )
 
 
 def test_command_reports_an_unwritable_output(

@@ -166,8 +166,10 @@ def test_the_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_the_command_refuses_nonsense(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["sweep", "--limit", "0"]) == 2
-    assert "--limit >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as caught:  # argparse's usage error
+        cli.main(["sweep", "--limit", "0"])
+    assert caught.value.code == 2
+    assert "argument --limit: '0' is not a whole number >= 1" in capsys.readouterr().err
 
 
 def test_the_command_without_datastore_says_what_to_configure(
