@@ -251,11 +251,15 @@ class Client:
             context = shared_ndb_client(self.settings.project).context()
             return context
         except Exception as exc:
+            fix = (
+                "install the ndb extra (pip install 'cloudtasks-deferred[ndb]')"
+                if isinstance(exc, ModuleNotFoundError)
+                else "configure Datastore access (GOOGLE_CLOUD_PROJECT and credentials, or "
+                "DATASTORE_EMULATOR_HOST locally)"
+            )
             message = (
                 (f"{required_for} needs Datastore, but " if required_for else "")
-                + f"cannot open an NDB context ({exc}): install the ndb extra "
-                "(pip install 'cloudtasks-deferred[ndb]') and configure Datastore access "
-                "(GOOGLE_CLOUD_PROJECT and credentials, or DATASTORE_EMULATOR_HOST locally)"
+                + f"cannot open an NDB context ({exc}): {fix}"
             )
             if mode:
                 raise ConfigurationError(message) from exc

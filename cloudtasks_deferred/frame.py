@@ -305,8 +305,8 @@ def _metadata(raw: bytes) -> dict[str, Any]:
         return {}
     try:
         metadata = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidPayloadError("the payload metadata is not JSON") from exc
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
+        raise InvalidPayloadError("the payload metadata is not JSON") from None
     if not isinstance(metadata, dict):
         raise InvalidPayloadError("the payload metadata is not a JSON object")
     return metadata

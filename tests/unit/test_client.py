@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import threading
 import time
 import warnings
@@ -274,7 +275,7 @@ def test_ndb_context_required_opens_one_even_when_ndb_is_off() -> None:
     message = str(caught.value)
     assert message.startswith("an oversized payload needs Datastore, but cannot open an NDB")
     assert "DATASTORE_EMULATOR_HOST" in message
-    assert "cloudtasks-deferred[ndb]" in message
+    assert "cloudtasks-deferred[ndb]" not in message  # installed: no hint to install it
 
 
 def test_frame_payload_is_what_open_payload_reads() -> None:
@@ -374,3 +375,11 @@ def test_the_environment_key_reads_what_from_env_reads(monkeypatch: pytest.Monke
         else:
             monkeypatch.setenv(name, old)
     assert environment_key() == before
+
+
+def test_ndb_context_without_google_cloud_ndb_says_to_install_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "google.cloud.ndb", None)  # import raises ModuleNotFoundError
+    with pytest.raises(ConfigurationError, match=r"pip install 'cloudtasks-deferred\[ndb\]'"):
+        client(ndb=True).ndb_context()

@@ -29,6 +29,7 @@ DEV_TOOL_USES = {
     "twine": "twine check",
     "types-requests": "import requests",
     "types-pyyaml": "import yaml",
+    "mutmut": "with_name(\"mutmut\")",
 }
 
 
