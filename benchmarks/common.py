@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 from cloudtasks_deferred import Client, Settings
+from cloudtasks_deferred.enqueue.transports.cloud_tasks import CloudTasksTransport, shared_client
 from cloudtasks_deferred.settings import queue_path
-from cloudtasks_deferred.transports.cloud_tasks import CloudTasksTransport, shared_client
 
 #: Where the emulator benchmarks enqueue: a queue kept paused, so nothing dispatches.
 PROJECT = "bench-project"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from google.cloud import tasks_v2
 
-from cloudtasks_deferred.emulators import CloudTasksEmulator
+from cloudtasks_deferred.devtools.emulators import CloudTasksEmulator
 
 from .common import QUEUE, Result, interleaved, paused_queue_client
 from .tasks import process

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from typing import Any
 
 from cloudtasks_deferred import Client
-from cloudtasks_deferred.frame import SigningKey
+from cloudtasks_deferred.enqueue.transports.memory import InMemoryTransport
+from cloudtasks_deferred.payload.frame import SigningKey
 from cloudtasks_deferred.testing import TEST_SETTINGS
-from cloudtasks_deferred.transports.memory import InMemoryTransport
 
 from .common import Result
 from .tasks import make_batch, process, process_batch

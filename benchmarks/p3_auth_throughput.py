@@ -17,12 +17,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from cloudtasks_deferred import Client, Handler, Settings
-from cloudtasks_deferred.auth import Caller, RequestAuthenticator
-from cloudtasks_deferred.auth.certs import CachedCerts
-from cloudtasks_deferred.auth.oidc import OIDCVerifier
-from cloudtasks_deferred.frame import encode
-from cloudtasks_deferred.payload import serialize
-from cloudtasks_deferred.transports.memory import InMemoryTransport
+from cloudtasks_deferred.enqueue.transports.memory import InMemoryTransport
+from cloudtasks_deferred.payload.calls import serialize
+from cloudtasks_deferred.payload.frame import encode
+from cloudtasks_deferred.receive.auth import Caller, RequestAuthenticator
+from cloudtasks_deferred.receive.auth.certs import CachedCerts
+from cloudtasks_deferred.receive.auth.oidc import OIDCVerifier
 from tests.oidc import AUDIENCE, INVOKER, CertsServer, Issuer
 
 from .common import Result, interleaved

@@ -5,7 +5,7 @@ helps) against certificates served by a loopback endpoint that counts fetches an
 sends ``Cache-Control: max-age=22000`` like Google's:
 
 * ours: 1,000 requests through the handler with the production authenticator
-  (a fresh :class:`~cloudtasks_deferred.auth.certs.CachedCerts`);
+  (a fresh :class:`~cloudtasks_deferred.receive.auth.certs.CachedCerts`);
 * google-auth: ``google.oauth2.id_token.verify_token(token, request, audience=...,
   certs_url=...)`` with one plain ``google.auth.transport.requests.Request()``.
 
@@ -19,10 +19,10 @@ import io
 import time
 
 from cloudtasks_deferred import Client, Handler
-from cloudtasks_deferred.auth.certs import CachedCerts
-from cloudtasks_deferred.frame import encode
-from cloudtasks_deferred.payload import serialize
-from cloudtasks_deferred.transports.memory import InMemoryTransport
+from cloudtasks_deferred.enqueue.transports.memory import InMemoryTransport
+from cloudtasks_deferred.payload.calls import serialize
+from cloudtasks_deferred.payload.frame import encode
+from cloudtasks_deferred.receive.auth.certs import CachedCerts
 from tests.oidc import AUDIENCE, CertsServer, Issuer
 
 from .common import Result

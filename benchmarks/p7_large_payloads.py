@@ -25,12 +25,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from cloudtasks_deferred import Client
-from cloudtasks_deferred.emulators import CloudTasksEmulator, DatastoreEmulator
-from cloudtasks_deferred.enqueue import create_task, task_builder
-from cloudtasks_deferred.frame import decode
-from cloudtasks_deferred.options import split_options
-from cloudtasks_deferred.oversized import enqueue_stored, place
-from cloudtasks_deferred.payload import serialize
+from cloudtasks_deferred.devtools.emulators import CloudTasksEmulator, DatastoreEmulator
+from cloudtasks_deferred.enqueue.options import split_options
+from cloudtasks_deferred.enqueue.oversized import enqueue_stored, place
+from cloudtasks_deferred.enqueue.tasks import create_task, task_builder
+from cloudtasks_deferred.payload.calls import serialize
+from cloudtasks_deferred.payload.frame import decode
 
 from .common import PROJECT, QUEUE, Result, interleaved, median, paused_queue_client
 from .tasks import process_blob

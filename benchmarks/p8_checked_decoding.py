@@ -20,9 +20,9 @@ import sys
 import tempfile
 import timeit
 
-from cloudtasks_deferred._checked_unpickler import DecodeBudget
-from cloudtasks_deferred.frame import encode
-from cloudtasks_deferred.unpickling import Allowlist
+from cloudtasks_deferred.payload.allowlist import Allowlist
+from cloudtasks_deferred.payload.frame import encode
+from cloudtasks_deferred.payload.unpickler import DecodeBudget
 
 from .common import Result
 from .tasks import make_batch, process_batch
@@ -35,7 +35,7 @@ MIB = 1024 * 1024
 _PROBE = """
 import sys, time
 from cloudtasks_deferred import Client, Settings
-from cloudtasks_deferred.transports.memory import InMemoryTransport
+from cloudtasks_deferred.enqueue.transports.memory import InMemoryTransport
 
 def status(field):  # kB, from Linux's /proc/self/status
     for line in open("/proc/self/status"):

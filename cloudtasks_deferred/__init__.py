@@ -15,10 +15,9 @@ they load when first needed, to keep cold starts short.
 
 from __future__ import annotations
 
-from . import deferred
-from .client import Client
-from .context import TaskInfo, current_task
-from .deferred import (
+from cloudtasks_deferred import deferred
+from cloudtasks_deferred.client import Client
+from cloudtasks_deferred.deferred import (
     application,
     defer,
     invoke_member,
@@ -27,7 +26,7 @@ from .deferred import (
     serialize,
     set_log_level,
 )
-from .errors import (
+from cloudtasks_deferred.errors import (
     BadTransactionStateError,
     ConfigurationError,
     Error,
@@ -37,10 +36,11 @@ from .errors import (
     TaskAlreadyExistsError,
     TombstonedTaskError,
 )
-from .handler import Handler
-from .middleware import wrap_wsgi_app
-from .retry import TaskRetryOptions
-from .settings import Settings
+from cloudtasks_deferred.handler import Handler
+from cloudtasks_deferred.middleware import wrap_wsgi_app
+from cloudtasks_deferred.payload.retry import TaskRetryOptions
+from cloudtasks_deferred.receive.context import TaskInfo, current_task
+from cloudtasks_deferred.settings import Settings
 
 __version__ = "0.1.0"
 

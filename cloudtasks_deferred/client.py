@@ -1,4 +1,10 @@
-"""The :class:`Client`: settings plus what is built from them, and ``defer`` itself.
+"""The :class:`Client`: one configuration's sending and receiving halves, and the current client.
+
+A client pairs an :class:`~cloudtasks_deferred.enqueue.sender.Sender` (what ``defer``
+needs) with a :class:`~cloudtasks_deferred.receive.receiver.Receiver` (what the handler
+needs), over one :class:`~cloudtasks_deferred.settings.Settings` and one Datastore
+access. Neither half imports the other; this facade pairs them, and hands the
+receiving half the library's own callables by name.
 
 The legacy API is module functions (``deferred.defer(...)``); they act on the
 *current* client:
@@ -23,33 +29,26 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
-import importlib
-import importlib.util
-import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
-from . import binding
-from ._checked_unpickler import DecodeBudget
-from ._memo import once_per_process
-from .auth import Authenticator, authenticator_for
-from .auth.dev import DEV_INVOKER, DevKey, dev_key
-from .deadletters import DeadLetterSink, LoggingDeadLetters
-from .errors import ConfigurationError
-from .frame import decode, encode
-from .payload import OpenedPayload, load_call, unpickle
-from .settings import Platform, Settings, environment_key, queue_path
-from .unpickling import Allowlist
+from cloudtasks_deferred.dev_key import DevKey
+from cloudtasks_deferred.enqueue.sender import Sender
+from cloudtasks_deferred.payload.allowlist import RUN_FROM_DATASTORE
+from cloudtasks_deferred.payload.calls import OpenedPayload
+from cloudtasks_deferred.receive.auth import Authenticator
+from cloudtasks_deferred.receive.deadletters import DeadLetterSink
+from cloudtasks_deferred.receive.receiver import Receiver
+from cloudtasks_deferred.receive.stored import run_stored
+from cloudtasks_deferred.settings import Settings, environment_key
+from cloudtasks_deferred.storage.datastore import Datastore
 
 if TYPE_CHECKING:
     from google.cloud import tasks_v2
 
-    from .transports import Transport
+    from cloudtasks_deferred.enqueue.transports import Transport
 
 __all__ = [
     "Client",
@@ -57,19 +56,16 @@ __all__ = [
     "clear_default_client",
     "current_client",
     "default_client",
+    "run_from_datastore",
 ]
 
-_logger = logging.getLogger(__name__)
 _bound: contextvars.ContextVar[Client | None] = contextvars.ContextVar(
     "cloudtasks_deferred_client", default=None
 )
-_METADATA_REGION_URL = "http://metadata.google.internal/computeMetadata/v1/instance/region"
 
 
 class Client:
     """Enqueues deferred calls and holds what the handler needs to run them.
-
-    Collaborators are built on first use, once, thread-safely.
 
     Args:
         settings: The configuration; :meth:`Settings.from_env` when ``None``.
@@ -91,128 +87,68 @@ class Client:
         dead_letters: DeadLetterSink | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
-        self.dead_letters: DeadLetterSink = dead_letters or LoggingDeadLetters()
-        self._transport = transport
-        self._authenticator = authenticator
-        self._lock = threading.Lock()
-        self._project_location: tuple[str, str] | None = None
-        self._ndb_unavailable = False
+        datastore = Datastore(self.settings)
+        #: The sending half: what ``defer`` uses.
+        self.sender = Sender(self.settings, transport=transport, datastore=datastore)
+        #: The receiving half: what the handler uses.
+        self.receiver = Receiver(
+            self.settings,
+            authenticator=authenticator,
+            dead_letters=dead_letters,
+            datastore=datastore,
+            library={RUN_FROM_DATASTORE: run_from_datastore},
+        )
 
     @property
     def transport(self) -> Transport:
         """The transport tasks are created with."""
-        if self._transport is None:
-            from .transports.cloud_tasks import CloudTasksTransport
-
-            with self._lock:
-                if self._transport is None:
-                    self._transport = CloudTasksTransport(self.settings.emulator_host)
-        return self._transport
+        return self.sender.transport
 
     @property
     def authenticator(self) -> Authenticator:
         """The rules the handler applies to task requests."""
-        if self._authenticator is None:
-            authenticator = authenticator_for(self.settings)
-            with self._lock:
-                if self._authenticator is None:
-                    self._authenticator = authenticator
-        return self._authenticator
+        return self.receiver.authenticator
+
+    @property
+    def dead_letters(self) -> DeadLetterSink:
+        """Where the handler records tasks it gives up on."""
+        return self.receiver.dead_letters
 
     @property
     def dev_key(self) -> DevKey:
         """The local key dev-mode tasks are signed with (shared per key file)."""
-        return dev_key(self.settings.dev_key_file)
+        return self.sender.dev_key
 
     def defer(self, obj: Callable[..., Any], *args: Any, **kwargs: Any) -> tasks_v2.Task:
         """Enqueues ``obj(*args, **kwargs)``; see :func:`cloudtasks_deferred.defer`."""
-        task: tasks_v2.Task = _enqueue_module().enqueue(self, obj, args, kwargs)
-        return task
+        # google.cloud.tasks_v2 loads on the first defer, not at import (cold starts).
+        from cloudtasks_deferred.enqueue.defer import enqueue
+
+        return enqueue(self, obj, args, kwargs)
 
     def open_payload(self, body: bytes) -> OpenedPayload:
-        """Decodes and unpickles a task body under this client's rules.
-
-        Every task body the library runs goes through here, so that what a body must
-        satisfy before it is unpickled is decided in one place:
-
-        * with ``settings.signing_keys``, the frame must be signed by one of them
-          (checked in constant time before anything else is parsed), for this
-          service and recently enough (:mod:`cloudtasks_deferred.binding`);
-        * with ``settings.allowed_modules``, the pickle may reference and run only
-          allowed code, refused before its module is imported, and unpickling it
-          may cost only a budget proportional to the body's size
-          (:mod:`cloudtasks_deferred.unpickling`).
-
-        Args:
-            body: The request body (a frame, or a bare legacy pickle).
-
-        Raises:
-            PayloadRefusedError: The body is unsigned or badly signed, or references
-                code outside the allowlist (the handler answers 403, retried).
-            InvalidPayloadError: The body is not a valid payload (a permanent failure).
-            UnsupportedPayloadError: The frame needs a newer version of the library.
-            ImportError, AttributeError: The pickle names code this deployment lacks.
-        """
-        settings = self.settings
-        keys = settings.verification_keys
-        decoded = decode(body, keys=keys, require_signature=keys is not None)
-        if decoded.key_id is not None:
-            binding.check(
-                decoded.metadata,
-                destinations=settings.payload_destinations,
-                max_age=settings.payload_max_age,
-                now=time.time(),
-                require=settings.require_bound_payloads,
-            )
-        if self._allowlist is None:
-            loads = unpickle
-        else:
-            loads = functools.partial(
-                self._allowlist.loads, budget=DecodeBudget.for_body(len(body))
-            )
-        func, args, kwargs = load_call(decoded.pickled, loads=loads)
-        return OpenedPayload(decoded.metadata, func, args, kwargs)
+        """Decodes a task body; see :meth:`Receiver.open_payload <cloudtasks_deferred.receive.receiver.Receiver.open_payload>`."""
+        return self.receiver.open_payload(body)
 
     def frame_payload(
         self, pickled: bytes, metadata: dict[str, Any], *, compress: bool = False
     ) -> bytes:
-        """Frames a pickled call under this client's rules: the mirror of :meth:`open_payload`.
-
-        Every task body and stored payload the library writes is framed here, signed
-        with the first configured signing key if there is one. With
-        ``settings.cross_compatible_payloads`` the body is the bare pickle, which a
-        Python 2 handler reads (the caller passes no metadata then).
-
-        Args:
-            pickled: The pickled ``(callable, args, kwargs)``.
-            metadata: What the handler enforces (JSON-serializable).
-            compress: zlib-compress the pickle.
-
-        Returns:
-            The frame.
-        """
-        if self.settings.cross_compatible_payloads:
-            return pickled
-        return encode(pickled, metadata, compress=compress, signing_key=self.settings.signing_key)
-
-    @functools.cached_property
-    def _allowlist(self) -> Allowlist | None:
-        if not self.settings.allowed_modules:
-            return None
-        return Allowlist(self.settings.allowed_modules)
+        """Frames a pickled call; see :meth:`Sender.frame_payload <cloudtasks_deferred.enqueue.sender.Sender.frame_payload>`."""
+        return self.sender.frame_payload(pickled, metadata, compress=compress)
 
     def queue_path(self, queue: str | None = None) -> str:
-        """Returns ``projects/P/locations/L/queues/Q`` for ``queue`` (default: the settings').
+        """``projects/P/locations/L/queues/Q`` for ``queue``; see :meth:`Sender.queue_path <cloudtasks_deferred.enqueue.sender.Sender.queue_path>`."""
+        return self.sender.queue_path(queue)
 
-        Raises:
-            ConfigurationError: The project or location cannot be determined.
-        """
-        if self._project_location is None:
-            resolved = (self._project(), self._location())
-            with self._lock:
-                self._project_location = resolved
-        project, location = self._project_location
-        return queue_path(project, location, queue or self.settings.queue)
+    def mint_dev_token(self, audience: str, valid_from: datetime) -> str:
+        """Signs a dev-mode ID token for a task (see :mod:`cloudtasks_deferred.dev_key`)."""
+        return self.sender.mint_dev_token(audience, valid_from)
+
+    def ndb_context(
+        self, *, required_for: str | None = None
+    ) -> contextlib.AbstractContextManager[object]:
+        """An NDB context; see :meth:`Datastore.context <cloudtasks_deferred.storage.datastore.Datastore.context>`."""
+        return self.receiver.ndb_context(required_for=required_for)
 
     @contextlib.contextmanager
     def bind(self) -> Iterator[Client]:
@@ -222,87 +158,6 @@ class Client:
             yield self
         finally:
             _bound.reset(token)
-
-    def ndb_context(
-        self, *, required_for: str | None = None
-    ) -> contextlib.AbstractContextManager[object]:
-        """An NDB context for running legacy code, when NDB is enabled and none is active.
-
-        With ``settings.ndb`` unset (auto), a missing or unconfigured google-cloud-ndb
-        gives no context (and a warning once); with ``settings.ndb=True`` it is an error.
-
-        Args:
-            required_for: What needs Datastore (e.g. ``"an oversized payload"``): a
-                context is then opened whatever ``settings.ndb`` says, and failing to
-                is an error that starts with this.
-
-        Raises:
-            ConfigurationError: ``settings.ndb`` is true, or ``required_for`` is given,
-                and no NDB client can be made; the message says what to configure.
-        """
-        mode = True if required_for else self.settings.ndb
-        if mode is False or (mode is None and (self._ndb_unavailable or not _ndb_installed())):
-            return contextlib.nullcontext()
-        try:
-            ndb = importlib.import_module("google.cloud.ndb")
-            if ndb.get_context(raise_context_error=False) is not None:
-                return contextlib.nullcontext()
-            context: contextlib.AbstractContextManager[object]
-            context = shared_ndb_client(self.settings.project).context()
-            return context
-        except Exception as exc:
-            fix = (
-                "install the ndb extra (pip install 'cloudtasks-deferred[ndb]')"
-                if isinstance(exc, ModuleNotFoundError)
-                else "configure Datastore access (GOOGLE_CLOUD_PROJECT and credentials, or "
-                "DATASTORE_EMULATOR_HOST locally)"
-            )
-            message = (
-                (f"{required_for} needs Datastore, but " if required_for else "")
-                + f"cannot open an NDB context ({exc}): {fix}"
-            )
-            if mode:
-                raise ConfigurationError(message) from exc
-            # Auto mode: say it once, then stop trying (each attempt probes credentials).
-            self._ndb_unavailable = True
-            _logger.warning(
-                "%s; running without one (CLOUDTASKS_DEFERRED_NDB=false silences this)", message
-            )
-            return contextlib.nullcontext()
-
-    def mint_dev_token(self, audience: str, valid_from: datetime) -> str:
-        """Signs a dev-mode ID token for a task (see :mod:`cloudtasks_deferred.auth.dev`)."""
-        email = self.settings.service_account or DEV_INVOKER
-        return self.dev_key.mint(email=email, audience=audience, valid_from=valid_from)
-
-    def _project(self) -> str:
-        if self.settings.project:
-            return self.settings.project
-        import google.auth
-        from google.auth import exceptions
-
-        try:
-            _, project = google.auth.default()
-        except exceptions.DefaultCredentialsError as exc:
-            raise ConfigurationError(
-                f"GOOGLE_CLOUD_PROJECT is not set and application default credentials are "
-                f"unavailable ({exc}): set GOOGLE_CLOUD_PROJECT"
-            ) from exc
-        if not project:
-            raise ConfigurationError("cannot determine the project: set GOOGLE_CLOUD_PROJECT")
-        return str(project)
-
-    def _location(self) -> str:
-        if self.settings.location:
-            return self.settings.location
-        if self.settings.platform is Platform.APP_ENGINE:
-            region = _metadata_region()
-            if region:
-                return region
-        raise ConfigurationError(
-            "CLOUDTASKS_DEFERRED_LOCATION is not set: set it to your queues' location, "
-            "e.g. us-central1 (gcloud tasks queues list shows it)"
-        )
 
 
 def current_client() -> Client:
@@ -365,12 +220,6 @@ class _ProcessDefaults:
 _PROCESS_DEFAULTS: Final = _ProcessDefaults()
 
 
-@functools.cache
-def _enqueue_module() -> ModuleType:
-    # enqueue imports google.cloud.tasks_v2: loaded on the first defer, not at import.
-    return importlib.import_module("cloudtasks_deferred.enqueue")
-
-
 def default_client() -> Client:
     """Returns the process's default client, built from the environment.
 
@@ -426,27 +275,25 @@ def clear_default_client() -> None:
 default_client.cache_clear = clear_default_client  # type: ignore[attr-defined]
 
 
-@once_per_process
-def shared_ndb_client(project: str | None) -> Any:
-    """Returns the process's ``google.cloud.ndb.Client`` for ``project``."""
-    return importlib.import_module("google.cloud.ndb").Client(project=project)
+def run_from_datastore(key: Any) -> Any:
+    """Runs a task stored in a ``_DeferredTaskEntity`` (a payload too large for a task).
 
+    ``defer`` stores such payloads in Datastore and enqueues a call to this function
+    with the entity's key, as the legacy library did. The entity is deleted after
+    the call succeeds or fails permanently, and kept when the failure will be retried.
 
-@functools.cache
-def _ndb_installed() -> bool:
-    return importlib.util.find_spec("google.cloud.ndb") is not None
+    Args:
+        key: The entity's ``ndb.Key``, or the URL-safe key string the legacy library
+            (``str(db.Key)``) or this one wrote.
 
+    Returns:
+        What the stored call returned.
 
-def _metadata_region() -> str | None:
-    import requests
-
-    try:
-        response = requests.get(
-            _METADATA_REGION_URL, headers={"Metadata-Flavor": "Google"}, timeout=2
-        )
-        response.raise_for_status()
-    except requests.RequestException:
-        _logger.warning("cannot read the region from the metadata server", exc_info=True)
-        return None
-    # "projects/123456789/regions/us-central1"
-    return response.text.rsplit("/", 1)[-1] or None
+    Raises:
+        PermanentTaskFailure: The entity does not exist (logged with its key) or holds
+            no payload, or the call raised it.
+        ConfigurationError: No NDB context can be opened; the message says what to
+            configure (the ``ndb`` extra, Datastore access).
+        Exception: Whatever else the call raised (the entity is kept for the retry).
+    """
+    return run_stored(current_client(), key)

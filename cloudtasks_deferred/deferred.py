@@ -7,7 +7,7 @@ Change one import line and existing code keeps working::
 
     deferred.defer(do_something_later, key, 20, _countdown=60)
 
-Which callables may be deferred is listed in :mod:`cloudtasks_deferred.payload`.
+Which callables may be deferred is listed in :mod:`cloudtasks_deferred.payload.calls`.
 Tasks are delivered to ``/_ah/queue/deferred`` unless ``_url`` says otherwise;
 serve that path with :func:`wrap_wsgi_app` (or :data:`application`, a WSGI app).
 Configuration comes from the environment (:mod:`cloudtasks_deferred.settings`).
@@ -18,19 +18,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .client import current_client
-from .context import current_task
-from .errors import (
+from cloudtasks_deferred.client import current_client, run_from_datastore
+from cloudtasks_deferred.errors import (
     Error,
     PermanentTaskFailure,
     SingularTaskFailure,
     TaskAlreadyExistsError,
     TombstonedTaskError,
 )
-from .handler import HEADER_LOG_LEVEL, Handler
-from .middleware import wrap_wsgi_app
-from .payload import invoke_member, run, serialize
-from .retry import TaskRetryOptions
+from cloudtasks_deferred.handler import Handler
+from cloudtasks_deferred.middleware import wrap_wsgi_app
+from cloudtasks_deferred.payload.calls import invoke_member, run, serialize
+from cloudtasks_deferred.payload.retry import TaskRetryOptions
+from cloudtasks_deferred.receive.context import current_task
+from cloudtasks_deferred.receive.handler import HEADER_LOG_LEVEL
 
 if TYPE_CHECKING:
     from google.cloud import tasks_v2
@@ -78,15 +79,15 @@ def defer(obj: Callable[..., Any], *args: Any, **kwargs: Any) -> tasks_v2.Task:
     * ``_dispatch_deadline`` (seconds or ``timedelta``): how long Cloud Tasks waits
       for the handler: 15 s to 30 min for HTTP tasks, to 24 h for App Engine tasks.
     * ``_transactional`` (``bool``): enqueue if and only if the surrounding NDB
-      transaction commits (see :mod:`cloudtasks_deferred.outbox`); outside one it
+      transaction commits (see :mod:`cloudtasks_deferred.enqueue.outbox`); outside one it
       raises :class:`~cloudtasks_deferred.errors.BadTransactionStateError`. Not
       together with ``_name``.
 
     A payload too large for a task is compressed, or stored in Datastore and run by
-    :func:`run_from_datastore` (see :mod:`cloudtasks_deferred.oversized`).
+    :func:`run_from_datastore` (see :mod:`cloudtasks_deferred.enqueue.oversized`).
 
     Args:
-        obj: The callable to run; see :mod:`cloudtasks_deferred.payload`.
+        obj: The callable to run; see :mod:`cloudtasks_deferred.payload.calls`.
         *args: Positional arguments for ``obj``.
         **kwargs: Keyword arguments for ``obj``, and the options above.
 
@@ -110,32 +111,6 @@ def defer(obj: Callable[..., Any], *args: Any, **kwargs: Any) -> tasks_v2.Task:
     return current_client().defer(obj, *args, **kwargs)
 
 
-def run_from_datastore(key: Any) -> Any:
-    """Runs a task stored in a ``_DeferredTaskEntity`` (a payload too large for a task).
-
-    ``defer`` stores such payloads in Datastore and enqueues a call to this function
-    with the entity's key, as the legacy library did. The entity is deleted after
-    the call succeeds or fails permanently, and kept when the failure will be retried.
-
-    Args:
-        key: The entity's ``ndb.Key``, or the URL-safe key string the legacy library
-            (``str(db.Key)``) or this one wrote.
-
-    Returns:
-        What the stored call returned.
-
-    Raises:
-        PermanentTaskFailure: The entity does not exist (logged with its key) or holds
-            no payload, or the call raised it.
-        ConfigurationError: No NDB context can be opened; the message says what to
-            configure (the ``ndb`` extra, Datastore access).
-        Exception: Whatever else the call raised (the entity is kept for the retry).
-    """
-    from .oversized import run_from_datastore as run_stored
-
-    return run_stored(key)
-
-
 def set_log_level(log_level: int) -> None:
     """Sets the level at which the handler logs each task's queue headers.
 
@@ -147,6 +122,9 @@ def set_log_level(log_level: int) -> None:
     """
     HEADER_LOG_LEVEL.set(log_level)
 
+
+# Pickled under this module's name, as since release 0.1 (stored payloads' pointers).
+run_from_datastore.__module__ = __name__
 
 #: A ready task handler (a WSGI app) configured from the environment.
 application = Handler()

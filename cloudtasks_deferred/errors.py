@@ -5,8 +5,8 @@ and ``google.appengine.api.taskqueue``::
 
     Error
      ├── PermanentTaskFailure      raise it in a task: log, do not retry (HTTP 200)
-     │    └── frame.InvalidPayloadError     the body is no payload (truncated, corrupt)
-     │         └── _checked_unpickler.DecodeLimitError  ... or costs more than its budget
+     │    └── payload.frame.InvalidPayloadError      the body is no payload (truncated, corrupt)
+     │         └── payload.unpickler.DecodeLimitError  ... or costs more than its budget
      ├── SingularTaskFailure       raise it in a task: retry without an error log (HTTP 408)
      ├── TaskAlreadyExistsError    defer(_name=...) reused a name Cloud Tasks still holds
      │    └── TombstonedTaskError   ... a name whose task ended within the dedupe window
@@ -14,20 +14,20 @@ and ``google.appengine.api.taskqueue``::
      ├── PayloadTooLargeError      a payload too big even for Datastore: nothing was sent
      ├── ConfigurationError        a setting is missing or invalid; the message names it
      ├── PayloadRefusedError       a task body failed a payload check before running (403)
-     │    ├── frame.PayloadSignatureError      ... unsigned, badly signed, or signed for
-     │    │                                    another service or too long ago (binding)
-     │    └── unpickling.DisallowedReferenceError  ... names or runs code outside the
-     │                                         allowlist, or would fill in an object it named
-     ├── frame.UnsupportedPayloadError  a newer version of the library wrote it (500)
-     ├── auth.AuthenticationError  the request is not from an allowed caller (403)
-     ├── auth.CertsUnavailableError  no certificates to verify tokens with (503)
-     └── queue_yaml.QueueYamlError a queue.yaml cannot be converted (also a ValueError)
+     │    ├── payload.frame.PayloadSignatureError  ... unsigned, badly signed, or signed
+     │    │                         for another service or too long ago (binding)
+     │    └── payload.allowlist.DisallowedReferenceError  ... names or runs code outside
+     │                              the allowlist, or would fill in an object it named
+     ├── payload.frame.UnsupportedPayloadError  a newer version of the library wrote it (500)
+     ├── receive.auth.oidc.AuthenticationError  the request is not from an allowed caller (403)
+     ├── receive.auth.certs.CertsUnavailableError  no certificates to verify tokens (503)
+     └── devtools.queue_yaml.QueueYamlError  a queue.yaml cannot be converted (a ValueError)
 
 Invalid arguments to :func:`~cloudtasks_deferred.defer` raise the built-in
 ``TypeError`` or ``ValueError``, naming the offending option. Errors from the Cloud
 Tasks API itself propagate as ``google.api_core.exceptions.GoogleAPICallError``
 with a note saying what to check. ``defer`` warns, without raising, with
-``retry.RetryOptionsWarning`` when a task's retry options hold backoff, which Cloud
+``payload.retry.RetryOptionsWarning`` when a task's retry options hold backoff, which Cloud
 Tasks sets per queue. The development tools (the emulators, the CLI's
 ``dev`` and ``inspect``) raise their own errors, which the CLI turns into exit codes.
 """

@@ -12,7 +12,7 @@ and deploy it as its own HTTP function (``--entry-point=deferred_task``, or
 :func:`deferred_task` is the WSGI :class:`~cloudtasks_deferred.Handler`'s
 ``post`` behind a function signature: the same authentication (from the headers,
 before a byte of the body is read), the same statuses (see
-:mod:`cloudtasks_deferred.handler`), 405 for methods other than POST. It serves
+:mod:`cloudtasks_deferred.receive.handler`), 405 for methods other than POST. It serves
 every path, as a function does.
 
 The body is read once, through the request's own ``stream`` (Flask's, which
@@ -33,11 +33,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .handler import Handler, Outcome, response_for
+from cloudtasks_deferred.handler import Handler
+from cloudtasks_deferred.receive.outcomes import Outcome, response_for
 
 if TYPE_CHECKING:
-    from .client import Client
-    from .settings import Settings
+    from cloudtasks_deferred.client import Client
+    from cloudtasks_deferred.settings import Settings
 
 __all__ = ["FunctionRequest", "FunctionResponse", "deferred_task", "task_function"]
 
@@ -74,7 +75,7 @@ def deferred_task(request: FunctionRequest) -> FunctionResponse:
 
     Returns:
         ``(body, status, headers)`` as the WSGI handler answers (the table in
-        :mod:`cloudtasks_deferred.handler`): 200 when the task ran, failed
+        :mod:`cloudtasks_deferred.receive.handler`): 200 when the task ran, failed
         permanently or used up its ``_retry_options``; 408 to retry a
         ``SingularTaskFailure``; 500 when it raised; 403 for a caller that is not
         authenticated or a payload refused before unpickling; 503 while tokens

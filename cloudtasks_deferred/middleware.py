@@ -2,7 +2,7 @@
 
 Requests to ``/_ah/queue/deferred`` (and any extra ``paths``) go to the task
 :class:`~cloudtasks_deferred.Handler`, ``POST /_ah/queue/deferred/sweep`` to the
-outbox sweeper (:mod:`cloudtasks_deferred.sweeper`, authenticated like tasks);
+outbox sweeper (:mod:`cloudtasks_deferred.enqueue.sweep`, authenticated like tasks);
 every other request goes to the wrapped app.
 Works with any WSGI app: Flask's ``app.wsgi_app``, Django's ``get_wsgi_application()``,
 a bare WSGI callable.
@@ -28,16 +28,18 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterable, Mapping
+from datetime import timedelta
 from typing import Any
 
-from ._wsgi import ClosingIterator, StartResponse, WSGIApp
-from .client import Client, current_client
-from .handler import Handler
-from .options import DEFAULT_URL
-from .settings import Settings
-from .sweeper import SWEEP_PATH, SweepApp
+from cloudtasks_deferred.client import Client, current_client
+from cloudtasks_deferred.enqueue import sweep as sweeping
+from cloudtasks_deferred.enqueue.options import DEFAULT_URL
+from cloudtasks_deferred.handler import Handler
+from cloudtasks_deferred.receive.sweep_app import SweepEndpoint
+from cloudtasks_deferred.receive.wsgi import ClosingIterator, StartResponse, WSGIApp
+from cloudtasks_deferred.settings import Settings
 
-__all__ = ["DeferredMiddleware", "WSGIApp", "wrap_wsgi_app"]
+__all__ = ["DeferredMiddleware", "SweepApp", "WSGIApp", "wrap_wsgi_app"]
 
 
 class DeferredMiddleware:
@@ -113,7 +115,7 @@ def wrap_wsgi_app(
     handler: Handler | None = None,
     settings: Settings | None = None,
     client: Client | None = None,
-    sweep_path: str | None = SWEEP_PATH,
+    sweep_path: str | None = sweeping.SWEEP_PATH,
 ) -> WSGIApp:
     """Wraps a WSGI app so that it also serves deferred tasks.
 
@@ -163,3 +165,35 @@ def wrap_wsgi_app(
         ndb_context=use_legacy_context_mode,
         routes=sweeper,
     )
+
+
+class SweepApp(SweepEndpoint[Client]):
+    """The outbox sweeper's endpoint (``POST /_ah/queue/deferred/sweep``) for a client.
+
+    Authenticated exactly like the task handler; see
+    :class:`~cloudtasks_deferred.receive.sweep_app.SweepEndpoint` for its answers.
+
+    Args:
+        client: The client whose rules authenticate the request and whose sending half
+            sweeps; the current client when ``None``.
+        older_than: Passed to :func:`~cloudtasks_deferred.enqueue.sweep.sweep`.
+        limit: Passed to :func:`~cloudtasks_deferred.enqueue.sweep.sweep`.
+    """
+
+    def __init__(
+        self,
+        client: Client | None = None,
+        *,
+        older_than: timedelta = sweeping.DEFAULT_OLDER_THAN,
+        limit: int = sweeping.DEFAULT_LIMIT,
+    ) -> None:
+        self.older_than = older_than
+        self.limit = limit
+
+        def resolve() -> Client:
+            return client or current_client()
+
+        def run(resolved: Client) -> sweeping.SweepReport:
+            return sweeping.sweep(resolved, older_than=self.older_than, limit=self.limit)
+
+        super().__init__(resolve, run)

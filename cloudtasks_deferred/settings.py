@@ -38,12 +38,12 @@ variable                                  meaning (default)
                                           google-cloud-ndb is installed)
 ``CLOUDTASKS_DEFERRED_SIGNING_KEYS``      comma-separated ``key_id:base64url-secret``: sign
                                           payloads with the first, require one of them
-                                          (none; see :mod:`cloudtasks_deferred.signing`)
+                                          (none; see :mod:`cloudtasks_deferred.payload.signing`)
 ``CLOUDTASKS_DEFERRED_ALLOWED_MODULES``   comma-separated module prefixes or exact names
                                           payloads may reference (anything; see
-                                          :mod:`cloudtasks_deferred.unpickling`)
+                                          :mod:`cloudtasks_deferred.payload.allowlist`)
 ``CLOUDTASKS_DEFERRED_PAYLOAD_MAX_AGE``   seconds after which a signed payload is refused
-                                          (32 days; see :mod:`cloudtasks_deferred.binding`)
+                                          (32 days; see :mod:`cloudtasks_deferred.payload.binding`)
 ``CLOUDTASKS_DEFERRED_REQUIRE_BOUND_``    ``true`` to refuse signed payloads without a
 ``PAYLOADS``                              destination, as release 0.1 wrote them (false)
 ``CLOUDTASKS_DEFERRED_CROSS_COMPATIBLE_`` ``true``: ``defer`` writes payloads a Python 2
@@ -72,11 +72,12 @@ from types import MappingProxyType
 from typing import Final
 from urllib.parse import urlsplit
 
-from . import binding, limits
-from .errors import ConfigurationError
-from .frame import SigningKey
-from .signing import parse_signing_keys
-from .unpickling import ALLOWED_MODULES_VARIABLE, check_entries
+from cloudtasks_deferred import limits
+from cloudtasks_deferred.errors import ConfigurationError
+from cloudtasks_deferred.payload import binding
+from cloudtasks_deferred.payload.allowlist import ALLOWED_MODULES_VARIABLE, check_entries
+from cloudtasks_deferred.payload.frame import SigningKey
+from cloudtasks_deferred.payload.signing import parse_signing_keys
 
 __all__ = [
     "ENVIRONMENT_VARIABLES",
@@ -241,9 +242,9 @@ class Settings:
             the handler refuses payloads not signed by one of them. Empty: payloads
             are neither signed nor checked.
         allowed_modules: Module prefixes or exact names a payload may reference
-            (:mod:`cloudtasks_deferred.unpickling`). Empty: no allowlist.
+            (:mod:`cloudtasks_deferred.payload.allowlist`). Empty: no allowlist.
         payload_max_age: Seconds after its signing at which a signed payload is
-            refused (:mod:`cloudtasks_deferred.binding`).
+            refused (:mod:`cloudtasks_deferred.payload.binding`).
         require_bound_payloads: Refuse signed payloads that carry no destination
             (written by release 0.1) instead of accepting them with a warning.
         cross_compatible_payloads: ``defer`` writes bare protocol 2 pickles with the
@@ -411,7 +412,7 @@ class Settings:
 
     @functools.cached_property
     def payload_destinations(self) -> frozenset[str]:
-        """Destinations a signed payload may be bound to here (:mod:`~cloudtasks_deferred.binding`).
+        """Destinations a signed payload may be bound to here (:mod:`~cloudtasks_deferred.payload.binding`).
 
         The audiences tokens may carry, and on App Engine
         ``app-engine:PROJECT/SERVICE`` of this service.
@@ -465,7 +466,7 @@ def _check_signing_keys(keys: tuple[SigningKey, ...]) -> None:
     _check(
         all(isinstance(key, SigningKey) for key in keys),
         "signing_keys",
-        "SigningKey objects (parse the variable with cloudtasks_deferred.signing)",
+        "SigningKey objects (parse the variable with cloudtasks_deferred.payload.signing)",
     )
     ids = [key.key_id for key in keys]
     _check(len(set(ids)) == len(ids), "signing_keys", "keys with distinct key IDs")

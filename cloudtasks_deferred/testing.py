@@ -63,16 +63,16 @@ from urllib.parse import urlsplit
 
 from google.cloud import tasks_v2
 
-from ._memo import once_per_process
-from ._wsgi import WSGIApp
-from .auth import authenticator_for
-from .auth.certs import StaticCerts
-from .auth.dev import DevKey, dev_key
-from .client import Client, as_process_default, clear_default_client
-from .deadletters import DeadLetter, InMemoryDeadLetters
-from .handler import Handler
-from .settings import Settings
-from .transports.memory import InMemoryTransport
+from cloudtasks_deferred._memo import once_per_process
+from cloudtasks_deferred.client import Client, as_process_default, clear_default_client
+from cloudtasks_deferred.dev_key import DevKey, dev_key
+from cloudtasks_deferred.enqueue.transports.memory import InMemoryTransport
+from cloudtasks_deferred.handler import Handler
+from cloudtasks_deferred.receive.auth import authenticator_for
+from cloudtasks_deferred.receive.auth.certs import StaticCerts
+from cloudtasks_deferred.receive.deadletters import DeadLetter, InMemoryDeadLetters
+from cloudtasks_deferred.receive.wsgi import WSGIApp
+from cloudtasks_deferred.settings import Settings
 
 __all__ = ["TEST_SETTINGS", "InMemoryQueue", "in_memory_queue", "reset_default_client"]
 

@@ -43,15 +43,15 @@ from typing import Any
 from google.cloud import ndb
 
 from cloudtasks_deferred import Client, Settings
-from cloudtasks_deferred._cli_args import host_port, port
-from cloudtasks_deferred._ports import port_free, port_in_use
-from cloudtasks_deferred.emulators import (
+from cloudtasks_deferred.devtools.cli_args import host_port, port
+from cloudtasks_deferred.devtools.emulators import (
     CloudTasksEmulator,
     DatastoreEmulator,
     EmulatorUnavailableError,
     free_port,
 )
-from cloudtasks_deferred.localdev import app_environment, start_emulators
+from cloudtasks_deferred.devtools.localdev import app_environment, start_emulators
+from cloudtasks_deferred.devtools.ports import port_free, port_in_use
 from cloudtasks_deferred.settings import queue_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,7 +150,7 @@ def drive(base_url: str) -> int:
     port = base_url.rsplit(":", 1)[1]
     say(f"serving samples/flask/main.py on {base_url} (dev mode: locally signed task tokens)")
     app = subprocess.Popen(
-        [sys.executable, "-m", "cloudtasks_deferred.devserver", "main:app", "--port", port,
+        [sys.executable, "-m", "cloudtasks_deferred.devtools.devserver", "main:app", "--port", port,
          "--app-dir", str(SAMPLE)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

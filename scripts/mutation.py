@@ -47,7 +47,7 @@ LOG = WORKDIR / "mutation-run.log"
 #: mutmut statuses that count as the tests detecting the mutant.
 DETECTED = frozenset({"killed", "timeout", "segfault", "caught by type check"})
 #: The modules the issue's acceptance scores apart from the security core.
-SEPARATE = frozenset({"cloudtasks_deferred/guard.py"})
+SEPARATE = frozenset({"cloudtasks_deferred/receive/guard.py"})
 
 
 @dataclasses.dataclass(frozen=True)

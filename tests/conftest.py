@@ -8,11 +8,11 @@ from collections.abc import Iterator
 import pytest
 
 from cloudtasks_deferred import Client, Settings
-from cloudtasks_deferred.auth import authenticator_for
-from cloudtasks_deferred.auth.certs import StaticCerts
 from cloudtasks_deferred.client import default_client
-from cloudtasks_deferred.deadletters import InMemoryDeadLetters
-from cloudtasks_deferred.transports.memory import InMemoryTransport
+from cloudtasks_deferred.enqueue.transports.memory import InMemoryTransport
+from cloudtasks_deferred.receive.auth import authenticator_for
+from cloudtasks_deferred.receive.auth.certs import StaticCerts
+from cloudtasks_deferred.receive.deadletters import InMemoryDeadLetters
 from tests.oidc import AUDIENCE, INVOKER, CertsServer, Issuer
 from tests.tasks import RECORDER
 

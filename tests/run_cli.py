@@ -63,7 +63,7 @@ def cli(
     timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     """``cloudtasks-deferred ARGS...`` run by this interpreter."""
-    argv = [sys.executable, "-m", "cloudtasks_deferred.cli", *args]
+    argv = [sys.executable, "-m", "cloudtasks_deferred.devtools.cli", *args]
     return run(argv, cwd=cwd, env=env, stdin=stdin, timeout=timeout)
 
 

@@ -19,10 +19,8 @@ import time
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cloudtasks_deferred._checked_unpickler import DecodeBudget, DecodeLimitError
-from cloudtasks_deferred.auth.certs import StaticCerts
-from cloudtasks_deferred.auth.oidc import AuthenticationError, OIDCVerifier
-from cloudtasks_deferred.frame import (
+from cloudtasks_deferred.payload.allowlist import Allowlist, DisallowedReferenceError
+from cloudtasks_deferred.payload.frame import (
     FLAG_COMPRESSED,
     FLAG_SIGNED,
     MAGIC,
@@ -33,7 +31,9 @@ from cloudtasks_deferred.frame import (
     decode,
     encode,
 )
-from cloudtasks_deferred.unpickling import Allowlist, DisallowedReferenceError
+from cloudtasks_deferred.payload.unpickler import DecodeBudget, DecodeLimitError
+from cloudtasks_deferred.receive.auth.certs import StaticCerts
+from cloudtasks_deferred.receive.auth.oidc import AuthenticationError, OIDCVerifier
 from tests.fuzz.conftest import FUZZ
 from tests.oidc import AUDIENCE, INVOKER, Issuer
 from tests.security.opcodes import ALLOWED, ref, task, text

@@ -17,9 +17,9 @@ from google.cloud import tasks_v2
 from werkzeug.serving import make_server
 
 from cloudtasks_deferred import Settings
-from cloudtasks_deferred.emulators import CloudTasksEmulator, DatastoreEmulator
+from cloudtasks_deferred.devtools.emulators import CloudTasksEmulator, DatastoreEmulator
+from cloudtasks_deferred.enqueue.transports.cloud_tasks import shared_client
 from cloudtasks_deferred.settings import queue_path
-from cloudtasks_deferred.transports.cloud_tasks import shared_client
 from tests.services import require
 
 PROJECT = "integration-project"

@@ -54,7 +54,7 @@ class Command:
     @classmethod
     def cli(cls, *args: str, env: Mapping[str, str] | None = None) -> Command:
         """``cloudtasks-deferred ARGS...``, run by this interpreter."""
-        return cls([sys.executable, "-m", "cloudtasks_deferred.cli", *args], env=env)
+        return cls([sys.executable, "-m", "cloudtasks_deferred.devtools.cli", *args], env=env)
 
     def _read(self) -> None:
         assert self.process.stdout is not None

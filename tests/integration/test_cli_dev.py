@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from cloudtasks_deferred.emulators import CloudTasksEmulator, free_port
-from cloudtasks_deferred.transports.cloud_tasks import shared_client
+from cloudtasks_deferred.devtools.emulators import CloudTasksEmulator, free_port
+from cloudtasks_deferred.enqueue.transports.cloud_tasks import shared_client
 from tests.integration.conftest import require
 from tests.integration.processes import ROOT, Command, port_open, wait_until
 
@@ -66,7 +66,7 @@ def test_dev_says_when_the_app_cannot_start(tasks_emulator: CloudTasksEmulator) 
         dev.close()
     lines = dev.output.splitlines()
     assert (
-        "python -m cloudtasks_deferred.devserver: cannot load main:nosuchattr: main has no "
+        "python -m cloudtasks_deferred.devtools.devserver: cannot load main:nosuchattr: main has no "
         "attribute 'nosuchattr'"
     ) in lines
     assert "cloudtasks-deferred dev: main:nosuchattr did not start (its message is above)" in lines
@@ -110,7 +110,7 @@ def test_the_emulator_command_refuses_a_port_in_use_naming_its_holder(
     assert emulator.output.startswith(expected), emulator.output
     assert emulator.output.endswith("): stop it or pass another --port")
     if holder == "another emulator":
-        assert "cloudtasks_deferred._tasks_emulator --port" in emulator.output
+        assert "cloudtasks_deferred.devtools.tasks_emulator --port" in emulator.output
     assert "export CLOUD_TASKS_EMULATOR_HOST" not in emulator.output
     assert len(emulator.output.splitlines()) == 1
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudtasks_deferred.emulators import CloudTasksEmulator, DatastoreEmulator
+from cloudtasks_deferred.devtools.emulators import CloudTasksEmulator, DatastoreEmulator
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from google.cloud import tasks_v2
 
-from cloudtasks_deferred.emulators import CloudTasksEmulator
+from cloudtasks_deferred.devtools.emulators import CloudTasksEmulator
 from cloudtasks_deferred.settings import queue_path
 from tests.integration.conftest import LOCATION, PROJECT, Server
 from tests.tasks import RECORDER

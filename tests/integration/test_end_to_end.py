@@ -12,8 +12,8 @@ import requests
 from google.cloud import tasks_v2
 
 from cloudtasks_deferred import Client, Handler, Settings, deferred, wrap_wsgi_app
-from cloudtasks_deferred.frame import encode
-from cloudtasks_deferred.payload import serialize
+from cloudtasks_deferred.payload.calls import serialize
+from cloudtasks_deferred.payload.frame import encode
 from cloudtasks_deferred.settings import queue_path
 from tests import tasks
 from tests.integration.conftest import LOCATION, PROJECT, Server

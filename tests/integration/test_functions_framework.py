@@ -21,7 +21,7 @@ import requests
 from google.cloud import tasks_v2
 
 from cloudtasks_deferred import Client, Settings
-from cloudtasks_deferred.emulators import CloudTasksEmulator, free_port
+from cloudtasks_deferred.devtools.emulators import CloudTasksEmulator, free_port
 from tests import file_tasks
 from tests.integration.conftest import LOCATION, PROJECT
 from tests.integration.processes import ROOT, Command, isolated_env, port_open, wait_until

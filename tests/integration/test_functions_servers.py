@@ -26,8 +26,8 @@ import pytest
 import requests
 
 from cloudtasks_deferred import Client, Settings
-from cloudtasks_deferred.emulators import free_port
-from cloudtasks_deferred.transports.memory import InMemoryTransport
+from cloudtasks_deferred.devtools.emulators import free_port
+from cloudtasks_deferred.enqueue.transports.memory import InMemoryTransport
 from tests import file_tasks, tasks
 from tests.integration.conftest import LOCATION, PROJECT
 from tests.integration.processes import ROOT, isolated_env, port_open, wait_until

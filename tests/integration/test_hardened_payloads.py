@@ -14,10 +14,11 @@ from http import HTTPStatus
 import pytest
 from google.cloud import ndb
 
-from cloudtasks_deferred import deferred, storage
-from cloudtasks_deferred.emulators import DatastoreEmulator
-from cloudtasks_deferred.frame import SigningKey, decode
-from cloudtasks_deferred.payload import serialize
+from cloudtasks_deferred import deferred
+from cloudtasks_deferred.devtools.emulators import DatastoreEmulator
+from cloudtasks_deferred.payload.calls import serialize
+from cloudtasks_deferred.payload.frame import SigningKey, decode
+from cloudtasks_deferred.storage import entities as storage
 from cloudtasks_deferred.testing import TEST_SETTINGS, InMemoryQueue, in_memory_queue
 from tests import tasks
 from tests.integration.conftest import PROJECT

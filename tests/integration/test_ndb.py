@@ -9,7 +9,7 @@ import requests
 from google.cloud import ndb, tasks_v2
 
 from cloudtasks_deferred import Client, Handler, Settings, deferred, wrap_wsgi_app
-from cloudtasks_deferred.emulators import DatastoreEmulator
+from cloudtasks_deferred.devtools.emulators import DatastoreEmulator
 from tests.integration.conftest import PROJECT, Server
 from tests.ndb_tasks import Counter, increment
 from tests.tasks import RECORDER

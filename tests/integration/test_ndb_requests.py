@@ -17,7 +17,7 @@ import pytest
 from google.cloud import ndb
 
 from cloudtasks_deferred import Settings, wrap_wsgi_app
-from cloudtasks_deferred.emulators import DatastoreEmulator
+from cloudtasks_deferred.devtools.emulators import DatastoreEmulator
 from tests.integration.conftest import LOCATION, PROJECT
 from tests.ndb_tasks import Counter
 

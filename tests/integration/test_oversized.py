@@ -24,12 +24,12 @@ from cloudtasks_deferred import (
     Settings,
     TaskRetryOptions,
     deferred,
-    oversized,
-    storage,
 )
-from cloudtasks_deferred.emulators import DatastoreEmulator
-from cloudtasks_deferred.frame import InvalidPayloadError, decode, encode
-from cloudtasks_deferred.payload import serialize
+from cloudtasks_deferred.devtools.emulators import DatastoreEmulator
+from cloudtasks_deferred.enqueue import oversized
+from cloudtasks_deferred.payload.calls import serialize
+from cloudtasks_deferred.payload.frame import InvalidPayloadError, decode, encode
+from cloudtasks_deferred.storage import entities as storage
 from cloudtasks_deferred.testing import TEST_SETTINGS, InMemoryQueue, in_memory_queue
 from tests import tasks
 from tests.integration.conftest import PROJECT, Server

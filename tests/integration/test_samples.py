@@ -19,9 +19,9 @@ import requests
 from google.api_core import exceptions
 from google.cloud import tasks_v2
 
-from cloudtasks_deferred.emulators import CloudTasksEmulator, DatastoreEmulator, free_port
+from cloudtasks_deferred.devtools.emulators import CloudTasksEmulator, DatastoreEmulator, free_port
+from cloudtasks_deferred.enqueue.transports.cloud_tasks import shared_client
 from cloudtasks_deferred.settings import queue_path
-from cloudtasks_deferred.transports.cloud_tasks import shared_client
 from tests.integration.conftest import LOCATION
 from tests.integration.processes import ROOT, Command, wait_until
 

@@ -16,20 +16,14 @@ import requests
 from google.api_core import exceptions
 from google.cloud import ndb, tasks_v2
 
-from cloudtasks_deferred import (
-    BadTransactionStateError,
-    Client,
-    Settings,
-    cli,
-    deferred,
-    outbox,
-    storage,
-    wrap_wsgi_app,
-)
-from cloudtasks_deferred.emulators import DatastoreEmulator
-from cloudtasks_deferred.frame import decode
-from cloudtasks_deferred.payload import RUN_ENTRY
-from cloudtasks_deferred.sweeper import SWEEP_PATH, sweep
+from cloudtasks_deferred import BadTransactionStateError, Client, Settings, deferred, wrap_wsgi_app
+from cloudtasks_deferred.devtools import cli
+from cloudtasks_deferred.devtools.emulators import DatastoreEmulator
+from cloudtasks_deferred.enqueue import outbox
+from cloudtasks_deferred.enqueue.sweep import SWEEP_PATH, sweep
+from cloudtasks_deferred.payload.calls import RUN_ENTRY
+from cloudtasks_deferred.payload.frame import decode
+from cloudtasks_deferred.storage import entities as storage
 from cloudtasks_deferred.testing import TEST_SETTINGS, InMemoryQueue, in_memory_queue
 from tests import tasks
 from tests.integration.conftest import LOCATION, PROJECT, Server
@@ -277,7 +271,7 @@ def test_duplicate_created_on_the_emulator_runs_once(
     parent = task.name.rsplit("/tasks/", 1)[0]
     tasks_client.create_task(parent=parent, task=task)
     tasks_client.create_task(parent=parent, task=task)  # the emulator accepts the same name
-    with caplog.at_level(logging.INFO, logger="cloudtasks_deferred.guard"):
+    with caplog.at_level(logging.INFO, logger="cloudtasks_deferred.receive.guard"):
         assert RECORDER.wait_for("record", timeout=30) == ["twice"]
         _wait_until(lambda: "this delivery is a duplicate" in caplog.text, timeout=30)
     assert RECORDER.named("record") == ["twice"]

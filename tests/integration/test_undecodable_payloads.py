@@ -16,9 +16,9 @@ import pytest
 from google.cloud import datastore as cloud_datastore
 
 from cloudtasks_deferred import Client, Handler
-from cloudtasks_deferred.deadletters import InMemoryDeadLetters
-from cloudtasks_deferred.emulators import DatastoreEmulator
-from cloudtasks_deferred.payload import serialize
+from cloudtasks_deferred.devtools.emulators import DatastoreEmulator
+from cloudtasks_deferred.payload.calls import serialize
+from cloudtasks_deferred.receive.deadletters import InMemoryDeadLetters
 from tests import tasks
 from tests.conftest import SIGNED_SETTINGS
 from tests.integration.conftest import PROJECT

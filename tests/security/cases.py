@@ -17,9 +17,15 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from cloudtasks_deferred.auth.dev import DevKey
-from cloudtasks_deferred.frame import FLAG_COMPRESSED, FLAG_SIGNED, MAGIC, SigningKey, encode
-from cloudtasks_deferred.payload import invoke_member, serialize
+from cloudtasks_deferred.dev_key import DevKey
+from cloudtasks_deferred.payload.calls import invoke_member, serialize
+from cloudtasks_deferred.payload.frame import (
+    FLAG_COMPRESSED,
+    FLAG_SIGNED,
+    MAGIC,
+    SigningKey,
+    encode,
+)
 from tests import tasks
 from tests.oidc import AUDIENCE, INVOKER, Issuer
 from tests.security import allowed_tasks

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudtasks_deferred.auth.dev import DevKey
+from cloudtasks_deferred.dev_key import DevKey
 from tests.integration.conftest import require
 from tests.oidc import CertsServer, Issuer
 from tests.security.cases import Kit

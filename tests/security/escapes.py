@@ -20,8 +20,8 @@ import time
 import zlib
 from collections.abc import Callable
 
-from cloudtasks_deferred.binding import bind
-from cloudtasks_deferred.frame import FLAG_SIGNED, MAGIC, encode
+from cloudtasks_deferred.payload.binding import bind
+from cloudtasks_deferred.payload.frame import FLAG_SIGNED, MAGIC, encode
 from tests.oidc import AUDIENCE, INVOKER, Issuer
 from tests.security.cases import Kit, Request, canary_frame
 from tests.security.opcodes import (

@@ -6,7 +6,7 @@ import base64
 from collections.abc import Callable
 from pathlib import Path
 
-from cloudtasks_deferred.frame import SigningKey
+from cloudtasks_deferred.payload.frame import SigningKey
 from tests.oidc import AUDIENCE, INVOKER
 from tests.security.cases import Kit, Request, harmless_frame
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from cloudtasks_deferred import unpickling
 from cloudtasks_deferred.client import default_client
+from cloudtasks_deferred.payload import allowlist as unpickling
 from tests.security import allowed_tasks
 from tests.security.cases import Kit, Request
 from tests.security.clients import send_socket, send_wsgi

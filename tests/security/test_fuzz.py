@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloudtasks_deferred import Client, Handler, Settings
-from cloudtasks_deferred.frame import FLAG_COMPRESSED, FLAG_SIGNED, MAGIC, encode
-from cloudtasks_deferred.payload import invoke_member, serialize
+from cloudtasks_deferred.payload.calls import invoke_member, serialize
+from cloudtasks_deferred.payload.frame import FLAG_COMPRESSED, FLAG_SIGNED, MAGIC, encode
 from tests import tasks
 from tests.oidc import AUDIENCE, INVOKER
 from tests.security import allowed_tasks

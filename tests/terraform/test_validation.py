@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from cloudtasks_deferred import queue_yaml
+from cloudtasks_deferred.devtools import queue_yaml
 from tests.services import require
 from tests.terraform import hcl
 

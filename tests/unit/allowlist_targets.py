@@ -2,7 +2,7 @@
 
 The tests in ``test_allowlist_rules.py`` allow this module (and nothing else) and
 name one of these objects, so that every other rule of
-:mod:`cloudtasks_deferred.unpickling` lets the reference through and the rule under
+:mod:`cloudtasks_deferred.payload.allowlist` lets the reference through and the rule under
 test is the only one left to refuse it. Keep it that way: an object refused by two
 rules tests neither.
 """

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from cloudtasks_deferred.unpickling import Allowlist, DisallowedReferenceError, check_entries
+from cloudtasks_deferred.payload.allowlist import Allowlist, DisallowedReferenceError, check_entries
 from tests.unit import allowlist_targets
 from tests.unit.allowlist_targets import SHARED, Job, never_filled_in
 

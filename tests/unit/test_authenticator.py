@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 
 from cloudtasks_deferred import Settings
-from cloudtasks_deferred.auth import (
+from cloudtasks_deferred.dev_key import DEV_INVOKER, DevKey, dev_key
+from cloudtasks_deferred.receive.auth import (
     AuthenticationError,
     RequestAuthenticator,
     authenticator_for,
 )
-from cloudtasks_deferred.auth.certs import CachedCerts, StaticCerts
-from cloudtasks_deferred.auth.dev import DEV_INVOKER, DevKey, dev_key
-from cloudtasks_deferred.auth.oidc import OIDCVerifier
+from cloudtasks_deferred.receive.auth.certs import CachedCerts, StaticCerts
+from cloudtasks_deferred.receive.auth.oidc import OIDCVerifier
 from cloudtasks_deferred.settings import Platform
 from tests.oidc import AUDIENCE, INVOKER, Issuer
 

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 import pytest
 
 from cloudtasks_deferred import Client, Handler, Settings
-from cloudtasks_deferred.auth import authenticator_for
-from cloudtasks_deferred.auth import certs as certs_module
-from cloudtasks_deferred.auth.certs import CachedCerts, CertsUnavailableError, shared_certs
+from cloudtasks_deferred.receive.auth import authenticator_for
+from cloudtasks_deferred.receive.auth import certs as certs_module
+from cloudtasks_deferred.receive.auth.certs import CachedCerts, CertsUnavailableError, shared_certs
 from tests import tasks
 from tests.oidc import AUDIENCE, INVOKER, CertsServer, Issuer
 from tests.tasks import RECORDER

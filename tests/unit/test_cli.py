@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from cloudtasks_deferred import __version__, cli
+from cloudtasks_deferred import __version__
+from cloudtasks_deferred.devtools import cli
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -41,7 +42,7 @@ def test_unknown_arguments_are_usage_errors() -> None:
 def test_emulator_missing_exits_3(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from cloudtasks_deferred.emulators import CloudTasksEmulator
+    from cloudtasks_deferred.devtools.emulators import CloudTasksEmulator
 
     problem = "gcloud-tasks-emulator is not installed: pip install --no-deps ..."
     monkeypatch.setattr(CloudTasksEmulator, "problem", staticmethod(lambda *_: problem))
@@ -51,7 +52,7 @@ def test_emulator_missing_exits_3(
 
 def test_console_script_is_installed() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "cloudtasks_deferred.cli", "--version"],
+        [sys.executable, "-m", "cloudtasks_deferred.devtools.cli", "--version"],
         capture_output=True,
         text=True,
         check=False,

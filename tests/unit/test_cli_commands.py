@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from cloudtasks_deferred import cli
-from cloudtasks_deferred.frame import SigningKey, encode
-from cloudtasks_deferred.payload import serialize
+from cloudtasks_deferred.devtools import cli
+from cloudtasks_deferred.payload.calls import serialize
+from cloudtasks_deferred.payload.frame import SigningKey, encode
 from tests import tasks
 from tests.tasks import RECORDER
 
@@ -76,7 +76,7 @@ def test_inspect_stdin(
 
 def test_inspect_as_a_command(payload_file: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "cloudtasks_deferred.cli", "inspect", "-"],
+        [sys.executable, "-m", "cloudtasks_deferred.devtools.cli", "inspect", "-"],
         input=payload_file.read_bytes(),
         capture_output=True,
         check=False,
@@ -159,7 +159,7 @@ def test_dev_needs_the_apps_module(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_dev_finds_an_installed_module_too(
     app_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from cloudtasks_deferred import devcommand
+    from cloudtasks_deferred.devtools import devcommand
 
     monkeypatch.setattr(devcommand, "_missing_tool", lambda _: "stop here")
     assert cli.main(["dev", "tests.dev_app:app", "--app-dir", str(app_dir), "--port", "0"]) == 3
@@ -196,7 +196,7 @@ def test_emulator_reports_a_bad_queue_file(
 def test_dev_without_the_tasks_emulator_exits_3(
     app_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from cloudtasks_deferred import emulators
+    from cloudtasks_deferred.devtools import emulators
 
     problem = "gcloud-tasks-emulator is not installed: pip install --no-deps gcloud-tasks-emulator"
     monkeypatch.setattr(emulators.CloudTasksEmulator, "problem", staticmethod(lambda *_: problem))
@@ -211,7 +211,7 @@ def test_dev_without_the_tasks_emulator_exits_3(
 def test_dev_without_the_datastore_emulator_exits_3_when_ndb_is_installed(
     app_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from cloudtasks_deferred import emulators
+    from cloudtasks_deferred.devtools import emulators
 
     monkeypatch.setattr(emulators.DatastoreEmulator, "script", staticmethod(lambda: None))
     argv = ["dev", "main:app", "--app-dir", str(app_dir), "--port", "0"]
@@ -223,9 +223,9 @@ def test_dev_without_the_datastore_emulator_exits_3_when_ndb_is_installed(
 
 def test_importing_the_cli_stays_light() -> None:
     code = (
-        "import sys, cloudtasks_deferred.cli\n"
-        "heavy = ('yaml', 'pickletools', 'cloudtasks_deferred.devcommand',"
-        " 'cloudtasks_deferred.inspect_payload', 'google.cloud.tasks_v2')\n"
+        "import sys, cloudtasks_deferred.devtools.cli\n"
+        "heavy = ('yaml', 'pickletools', 'cloudtasks_deferred.devtools.devcommand',"
+        " 'cloudtasks_deferred.payload.inspection', 'google.cloud.tasks_v2')\n"
         "print(','.join(m for m in heavy if m in sys.modules))\n"
     )
     result = subprocess.run(

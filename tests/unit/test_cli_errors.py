@@ -2,7 +2,7 @@
 the documented exit code, no traceback. Each case runs the real command in a child
 process, as a user's shell would (issue 15: "First hour of a new user").
 
-Exit codes (``cloudtasks_deferred.cli``): 1 an input's content or an operation, 2 the
+Exit codes (``cloudtasks_deferred.devtools.cli``): 1 an input's content or an operation, 2 the
 command line (argparse's code, also for a path, module or program that does not
 exist), 3 a missing emulator or tool.
 """
@@ -258,7 +258,9 @@ def test_dev_without_java_names_what_to_install(app_dir: Path, tmp_path: Path) -
 def devserver(
     *args: str, env: dict[str, str], cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[str]:
-    return run([sys.executable, "-m", "cloudtasks_deferred.devserver", *args], env=env, cwd=cwd)
+    return run(
+        [sys.executable, "-m", "cloudtasks_deferred.devtools.devserver", *args], env=env, cwd=cwd
+    )
 
 
 def dev_env(tmp_path: Path, **variables: str) -> dict[str, str]:
@@ -279,7 +281,7 @@ def test_devserver_without_its_environment_refuses_to_start() -> None:
         "main:app", "--app-dir", str(SAMPLES / "wsgi"), "--port", "0", env=clean_env()
     )
     assert result.returncode == 1
-    line = one_error_line(result, "python -m cloudtasks_deferred.devserver: ")
+    line = one_error_line(result, "python -m cloudtasks_deferred.devtools.devserver: ")
     assert (
         "CLOUD_TASKS_EMULATOR_HOST, CLOUDTASKS_DEFERRED_DEV_MODE=true, "
         "CLOUDTASKS_DEFERRED_LOCATION, CLOUDTASKS_DEFERRED_BASE_URL not set, so tasks could "
@@ -290,7 +292,7 @@ def test_devserver_without_its_environment_refuses_to_start() -> None:
 def test_devserver_without_datastore_says_so_without_an_install_hint(tmp_path: Path) -> None:
     result = devserver("main:app", "--app-dir", str(SAMPLES / "wsgi"), env=dev_env(tmp_path))
     assert result.returncode == 1
-    line = one_error_line(result, "python -m cloudtasks_deferred.devserver: ")
+    line = one_error_line(result, "python -m cloudtasks_deferred.devtools.devserver: ")
     assert "NDB cannot reach Datastore (File /nonexistent/credentials.json was not found.)" in line
     assert "DATASTORE_EMULATOR_HOST, which cloudtasks-deferred dev sets" in line
     assert "CLOUDTASKS_DEFERRED_NDB=false" in line
@@ -301,8 +303,8 @@ def test_devserver_names_a_missing_attribute(tmp_path: Path) -> None:
     env = dev_env(tmp_path, CLOUDTASKS_DEFERRED_NDB="false")
     result = devserver("main:nosuchattr", "--app-dir", str(SAMPLES / "wsgi"), env=env)
     assert result.returncode == 1
-    assert one_error_line(result, "python -m cloudtasks_deferred.devserver: ") == (
-        "python -m cloudtasks_deferred.devserver: cannot load main:nosuchattr: main has no "
+    assert one_error_line(result, "python -m cloudtasks_deferred.devtools.devserver: ") == (
+        "python -m cloudtasks_deferred.devtools.devserver: cannot load main:nosuchattr: main has no "
         "attribute 'nosuchattr'"
     )
 
@@ -311,7 +313,7 @@ def test_devserver_suggests_a_close_attribute(tmp_path: Path, app_dir: Path) -> 
     env = dev_env(tmp_path, CLOUDTASKS_DEFERRED_NDB="false")
     result = devserver("main:ap", "--app-dir", str(app_dir), env=env)
     assert result.returncode == 1
-    assert one_error_line(result, "python -m cloudtasks_deferred.devserver: ").endswith(
+    assert one_error_line(result, "python -m cloudtasks_deferred.devtools.devserver: ").endswith(
         "cannot load main:ap: main has no attribute 'ap' (did you mean main:app?)"
     )
 
@@ -321,7 +323,7 @@ def test_devserver_says_where_the_app_failed_to_import(tmp_path: Path, app_dir: 
     env = dev_env(tmp_path, CLOUDTASKS_DEFERRED_NDB="false")
     result = devserver("main:app", "--app-dir", str(app_dir), env=env)
     assert result.returncode == 1
-    assert one_error_line(result, "python -m cloudtasks_deferred.devserver: ").endswith(
+    assert one_error_line(result, "python -m cloudtasks_deferred.devtools.devserver: ").endswith(
         "cannot load main:app: importing main failed: ModuleNotFoundError: No module named "
         f"'no_such_dependency' ({app_dir / 'main.py'}, line 2): install the app's requirements"
     )

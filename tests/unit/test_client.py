@@ -27,11 +27,12 @@ from cloudtasks_deferred import (
     testing,
 )
 from cloudtasks_deferred.client import current_client, default_client
-from cloudtasks_deferred.frame import decode
-from cloudtasks_deferred.retry import RetryOptionsWarning
+from cloudtasks_deferred.enqueue import sender as sender_module
+from cloudtasks_deferred.enqueue.transports.cloud_tasks import CloudTasksTransport, shared_client
+from cloudtasks_deferred.enqueue.transports.memory import InMemoryTransport
+from cloudtasks_deferred.payload.frame import decode
+from cloudtasks_deferred.payload.retry import RetryOptionsWarning
 from cloudtasks_deferred.settings import ENVIRONMENT_VARIABLES, Platform, environment_key
-from cloudtasks_deferred.transports.cloud_tasks import CloudTasksTransport, shared_client
-from cloudtasks_deferred.transports.memory import InMemoryTransport
 from tests import tasks
 
 SETTINGS = Settings(
@@ -169,9 +170,8 @@ def test_project_comes_from_application_default_credentials(
 def test_app_engine_location_comes_from_the_metadata_server(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from cloudtasks_deferred import client as client_module
 
-    monkeypatch.setattr(client_module, "_metadata_region", lambda: "europe-west1")
+    monkeypatch.setattr(sender_module, "_metadata_region", lambda: "europe-west1")
     settings = Settings(project="p", platform=Platform.APP_ENGINE)
     assert Client(settings).queue_path("q") == "projects/p/locations/europe-west1/queues/q"
 
@@ -337,7 +337,7 @@ def test_defer_uses_the_base_url_set_after_the_first_defer(
 ) -> None:
     transport = InMemoryTransport()
     monkeypatch.setattr(
-        "cloudtasks_deferred.transports.cloud_tasks.CloudTasksTransport",
+        "cloudtasks_deferred.enqueue.transports.cloud_tasks.CloudTasksTransport",
         lambda emulator_host: transport,
     )
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "p")

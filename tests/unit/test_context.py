@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from cloudtasks_deferred import TaskInfo, current_task
-from cloudtasks_deferred.context import running
+from cloudtasks_deferred.receive.context import running
 
 
 def test_cloud_tasks_headers() -> None:

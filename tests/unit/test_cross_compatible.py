@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 
 from cloudtasks_deferred import ConfigurationError, PayloadTooLargeError, Settings, deferred
-from cloudtasks_deferred.enqueue import build_task
-from cloudtasks_deferred.frame import MAGIC, SigningKey
-from cloudtasks_deferred.options import split_options
-from cloudtasks_deferred.oversized import place
-from cloudtasks_deferred.payload import serialize_for_python2
-from cloudtasks_deferred.retry import TaskRetryOptions
+from cloudtasks_deferred.enqueue.options import split_options
+from cloudtasks_deferred.enqueue.oversized import place
+from cloudtasks_deferred.enqueue.tasks import build_task
+from cloudtasks_deferred.payload.calls import serialize_for_python2
+from cloudtasks_deferred.payload.frame import MAGIC, SigningKey
+from cloudtasks_deferred.payload.retry import TaskRetryOptions
 from cloudtasks_deferred.settings import Platform
 from cloudtasks_deferred.testing import in_memory_queue
 from tests import tasks
@@ -36,7 +36,7 @@ CROSS = Settings(
     ndb=False,
     cross_compatible_payloads=True,
 )
-PYTHON_3_ONLY_MODULES = {"builtins", "copyreg", "cloudtasks_deferred.payload"}
+PYTHON_3_ONLY_MODULES = {"builtins", "copyreg", "cloudtasks_deferred.payload.calls"}
 
 
 def globals_of(body: bytes) -> list[str]:

@@ -19,10 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from cloudtasks_deferred import cli, emulators
-from cloudtasks_deferred._java import java_problem
-from cloudtasks_deferred._ports import port_free, port_in_use, port_owner
-from cloudtasks_deferred.emulators import (
+from cloudtasks_deferred.devtools import cli, emulators
+from cloudtasks_deferred.devtools.emulators import (
     CloudTasksEmulator,
     DatastoreEmulator,
     EmulatorUnavailableError,
@@ -31,6 +29,8 @@ from cloudtasks_deferred.emulators import (
     free_port,
     stop_process_group,
 )
+from cloudtasks_deferred.devtools.java import java_problem
+from cloudtasks_deferred.devtools.ports import port_free, port_in_use, port_owner
 
 SLEEP = ("sleep", "60")
 EXIT_4 = (sys.executable, "-c", "raise SystemExit(4)")

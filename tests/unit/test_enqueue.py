@@ -10,9 +10,9 @@ import pytest
 from google.cloud import tasks_v2
 
 from cloudtasks_deferred import ConfigurationError, Settings
-from cloudtasks_deferred.auth.dev import DevKey
-from cloudtasks_deferred.enqueue import CONTENT_TYPE, build_task
-from cloudtasks_deferred.options import split_options
+from cloudtasks_deferred.dev_key import DevKey
+from cloudtasks_deferred.enqueue.options import split_options
+from cloudtasks_deferred.enqueue.tasks import CONTENT_TYPE, build_task
 from cloudtasks_deferred.settings import Platform
 
 NOW = datetime(2026, 3, 1, 10, 0, 0, tzinfo=UTC)

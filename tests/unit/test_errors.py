@@ -13,14 +13,14 @@ from cloudtasks_deferred import errors
 
 #: The development tools raise their own errors, turned into exit codes by the CLI.
 TOOLING = {
-    "cloudtasks_deferred._tasks_emulator",
-    "cloudtasks_deferred.cli",
-    "cloudtasks_deferred.devcommand",
-    "cloudtasks_deferred.devserver",
-    "cloudtasks_deferred.emulators",
-    "cloudtasks_deferred.inspect_payload",
-    "cloudtasks_deferred.localdev",
-    "cloudtasks_deferred.pickle_reader",
+    "cloudtasks_deferred.devtools.tasks_emulator",
+    "cloudtasks_deferred.devtools.cli",
+    "cloudtasks_deferred.devtools.devcommand",
+    "cloudtasks_deferred.devtools.devserver",
+    "cloudtasks_deferred.devtools.emulators",
+    "cloudtasks_deferred.payload.inspection",
+    "cloudtasks_deferred.devtools.localdev",
+    "cloudtasks_deferred.payload.reader",
 }
 
 MODULES = sorted(
@@ -48,6 +48,6 @@ def test_every_exception_is_drawn_in_the_tree(name: str) -> None:
             drawn = (
                 cls.__name__
                 if name == "cloudtasks_deferred.errors"
-                else (f"{short.split('.')[0]}.{cls.__name__}")
+                else f"{short}.{cls.__name__}"
             )
             assert drawn in (errors.__doc__ or ""), drawn

@@ -10,7 +10,8 @@ import zlib
 import pytest
 
 from cloudtasks_deferred import PermanentTaskFailure
-from cloudtasks_deferred.frame import (
+from cloudtasks_deferred.payload.calls import serialize
+from cloudtasks_deferred.payload.frame import (
     FLAG_COMPRESSED,
     FLAG_SIGNED,
     MAGIC,
@@ -24,7 +25,6 @@ from cloudtasks_deferred.frame import (
     encode,
     read_header,
 )
-from cloudtasks_deferred.payload import serialize
 from tests import tasks
 
 PICKLED = serialize(tasks.record, "x" * 1000)

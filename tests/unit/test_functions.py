@@ -16,10 +16,10 @@ import pytest
 from werkzeug.test import EnvironBuilder
 
 from cloudtasks_deferred import Client, deferred
-from cloudtasks_deferred.frame import encode
 from cloudtasks_deferred.functions import deferred_task, task_function
-from cloudtasks_deferred.handler import Outcome, response_for
-from cloudtasks_deferred.payload import serialize
+from cloudtasks_deferred.payload.calls import serialize
+from cloudtasks_deferred.payload.frame import encode
+from cloudtasks_deferred.receive.outcomes import Outcome, response_for
 from cloudtasks_deferred.testing import in_memory_queue
 from tests import tasks
 from tests.oidc import Issuer

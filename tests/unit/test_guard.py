@@ -1,6 +1,6 @@
 """guard.run_once, the exactly-once lease of transactional tasks, on the Datastore emulator.
 
-Fast tests of each rule of :mod:`cloudtasks_deferred.guard` (the end-to-end runs are in
+Fast tests of each rule of :mod:`cloudtasks_deferred.receive.guard` (the end-to-end runs are in
 ``tests/integration/test_transactional.py``): the lease a delivery saves, a delivery
 unable to release another's lease, the run entry finished when the call succeeded,
 failed permanently or exhausted its retry options, and namespaces. They use the
@@ -19,17 +19,14 @@ from typing import Any
 import pytest
 from google.cloud import ndb
 
-from cloudtasks_deferred import (
-    Client,
-    PermanentTaskFailure,
-    SingularTaskFailure,
-    guard,
-    storage,
-)
-from cloudtasks_deferred.context import TaskInfo, running
-from cloudtasks_deferred.emulators import DatastoreEmulator
-from cloudtasks_deferred.frame import InvalidPayloadError
-from cloudtasks_deferred.payload import OpenedPayload
+from cloudtasks_deferred import Client, PermanentTaskFailure, SingularTaskFailure
+from cloudtasks_deferred.client import current_client
+from cloudtasks_deferred.devtools.emulators import DatastoreEmulator
+from cloudtasks_deferred.payload.calls import OpenedPayload
+from cloudtasks_deferred.payload.frame import InvalidPayloadError
+from cloudtasks_deferred.receive import guard
+from cloudtasks_deferred.receive.context import TaskInfo, running
+from cloudtasks_deferred.storage import entities as storage
 from cloudtasks_deferred.testing import TEST_SETTINGS
 from tests.integration import conftest as integration
 
@@ -94,7 +91,7 @@ def opened(func: Callable[..., Any], metadata: dict[str, Any] | None = None) -> 
 
 def run_once(key: ndb.Key, func: Callable[..., Any], **metadata: Any) -> Any:
     with running(FIRST_ATTEMPT):
-        return guard.run_once(key.urlsafe().decode(), opened(func, metadata))
+        return guard.run_once(current_client(), key.urlsafe().decode(), opened(func, metadata))
 
 
 # --- claiming --------------------------------------------------------------------------
@@ -150,7 +147,7 @@ def test_a_delivery_finding_no_run_entry_is_a_duplicate_and_runs_nothing(
     key = make_entries()
     ndb.delete_multi([key], **storage.NO_CACHE)
     calls: list[str] = []
-    with caplog.at_level(logging.INFO, logger="cloudtasks_deferred.guard"):
+    with caplog.at_level(logging.INFO, logger="cloudtasks_deferred.receive.guard"):
         assert run_once(key, lambda: calls.append("ran") or "result") is None
     assert calls == []
     assert f"transactional task {key.id()} already ran" in caplog.text
@@ -158,11 +155,11 @@ def test_a_delivery_finding_no_run_entry_is_a_duplicate_and_runs_nothing(
 
 def test_an_entry_that_is_not_a_run_key_is_an_invalid_payload(client: Client) -> None:
     with pytest.raises(InvalidPayloadError, match="not a URL-safe Datastore key"):
-        guard.run_once("not-a-key", opened(lambda: None))
+        guard.run_once(client, "not-a-key", opened(lambda: None))
     with ndb.Client(project=PROJECT).context():
         outbox = ndb.Key(storage.DeferredOutbox, "x").urlsafe().decode()
     with pytest.raises(InvalidPayloadError, match="is not a _DeferredOutboxRun key"):
-        guard.run_once(outbox, opened(lambda: None))
+        guard.run_once(client, outbox, opened(lambda: None))
 
 
 # --- finishing or releasing ------------------------------------------------------------
@@ -273,7 +270,7 @@ def test_a_failed_release_is_logged_not_raised_over_the_calls_error(
         raise ValueError("the call's own error")
 
     with (
-        caplog.at_level(logging.WARNING, logger="cloudtasks_deferred.guard"),
+        caplog.at_level(logging.WARNING, logger="cloudtasks_deferred.receive.guard"),
         pytest.raises(ValueError, match="the call's own error"),
     ):
         run_once(key, call)
@@ -294,7 +291,7 @@ def test_a_failed_cleanup_is_logged_and_the_result_returned(
         raise RuntimeError("Datastore unavailable")
 
     monkeypatch.setattr(guard.storage, "delete", delete)
-    with caplog.at_level(logging.ERROR, logger="cloudtasks_deferred.guard"):
+    with caplog.at_level(logging.ERROR, logger="cloudtasks_deferred.receive.guard"):
         assert run_once(key, lambda: "done") == "done"
     [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert record.getMessage().startswith("could not delete the run entry Key('_DeferredOutboxRun'")

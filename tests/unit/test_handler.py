@@ -21,10 +21,10 @@ from cloudtasks_deferred import (
     current_task,
     deferred,
 )
-from cloudtasks_deferred.auth import authenticator_for
-from cloudtasks_deferred.auth.certs import CachedCerts
-from cloudtasks_deferred.deadletters import InMemoryDeadLetters
-from cloudtasks_deferred.frame import (
+from cloudtasks_deferred.enqueue.transports.memory import InMemoryTransport
+from cloudtasks_deferred.payload.allowlist import DisallowedReferenceError
+from cloudtasks_deferred.payload.calls import serialize
+from cloudtasks_deferred.payload.frame import (
     MAGIC,
     InvalidPayloadError,
     PayloadSignatureError,
@@ -32,10 +32,10 @@ from cloudtasks_deferred.frame import (
     UnsupportedPayloadError,
     encode,
 )
-from cloudtasks_deferred.handler import Outcome, outcome_of, response_for
-from cloudtasks_deferred.payload import serialize
-from cloudtasks_deferred.transports.memory import InMemoryTransport
-from cloudtasks_deferred.unpickling import DisallowedReferenceError
+from cloudtasks_deferred.receive.auth import authenticator_for
+from cloudtasks_deferred.receive.auth.certs import CachedCerts
+from cloudtasks_deferred.receive.deadletters import InMemoryDeadLetters
+from cloudtasks_deferred.receive.outcomes import Outcome, outcome_of, response_for
 from tests import tasks
 from tests.oidc import AUDIENCE, INVOKER, CertsServer, Issuer
 from tests.security import allowed_tasks
@@ -238,7 +238,7 @@ def test_certs_unavailable_gets_503(
     client = Client(SETTINGS, authenticator=authenticator_for(SETTINGS, certs=certs))
     with caplog.at_level(logging.ERROR, logger="cloudtasks_deferred"):
         response = call(Handler(client=client), environ(payload(tasks.record), headers=auth))
-    [record] = [r for r in caplog.records if r.name == "cloudtasks_deferred.handler"]
+    [record] = [r for r in caplog.records if r.name == "cloudtasks_deferred.receive.handler"]
     assert record.getMessage().startswith(
         "cannot verify task requests: cannot fetch token certificates from https://certs.invalid"
     )

@@ -18,11 +18,11 @@ from cloudtasks_deferred import (
     TaskRetryOptions,
     wrap_wsgi_app,
 )
-from cloudtasks_deferred.deadletters import DeadLetter, InMemoryDeadLetters
-from cloudtasks_deferred.frame import encode
-from cloudtasks_deferred.handler import Response
-from cloudtasks_deferred.payload import serialize
-from cloudtasks_deferred.retry import retry_metadata
+from cloudtasks_deferred.payload.calls import serialize
+from cloudtasks_deferred.payload.frame import encode
+from cloudtasks_deferred.payload.retry import retry_metadata
+from cloudtasks_deferred.receive.deadletters import DeadLetter, InMemoryDeadLetters
+from cloudtasks_deferred.receive.wsgi import Response
 from tests import tasks
 from tests.oidc import Issuer
 from tests.tasks import RECORDER

@@ -25,8 +25,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloudtasks_deferred.frame import encode
-from cloudtasks_deferred.inspect_payload import InspectError, format_inspection, inspect_input
+from cloudtasks_deferred.payload.frame import encode
+from cloudtasks_deferred.payload.inspection import InspectError, format_inspection, inspect_input
 from tests import tasks
 from tests.tasks import RECORDER
 

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from cloudtasks_deferred.frame import MAGIC, SigningKey, encode
-from cloudtasks_deferred.inspect_payload import (
+from cloudtasks_deferred.payload.calls import invoke_member, serialize
+from cloudtasks_deferred.payload.frame import MAGIC, SigningKey, encode
+from cloudtasks_deferred.payload.inspection import (
     MAX_INPUT_BYTES,
     InspectError,
     format_inspection,
     inspect_input,
 )
-from cloudtasks_deferred.payload import invoke_member, serialize
 from tests import tasks
 from tests.run_cli import clean_env, cli, one_error_line
 from tests.tasks import RECORDER

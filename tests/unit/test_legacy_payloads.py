@@ -12,16 +12,23 @@ from typing import Any
 import pytest
 
 from cloudtasks_deferred import Client, Handler, deferred
-from cloudtasks_deferred.frame import SigningKey
-from cloudtasks_deferred.payload import LEGACY_NAMES, invoke_member, load_call, run, unpickle
-from cloudtasks_deferred.unpickling import Allowlist, DisallowedReferenceError
+from cloudtasks_deferred.payload.allowlist import (
+    RUN_FROM_DATASTORE,
+    Allowlist,
+    DisallowedReferenceError,
+)
+from cloudtasks_deferred.payload.calls import LEGACY_NAMES, invoke_member, load_call, run, unpickle
+from cloudtasks_deferred.payload.frame import SigningKey
 from tests.legacy import LEGACY_MODULE, legacy_library, legacy_task
 from tests.oidc import Issuer
 from tests.security import allowed_tasks
 from tests.tasks import RECORDER
 from tests.wsgi import call, environ
 
-ALLOWED = Allowlist(["tests.security.allowed_tasks"])
+# As the facade builds it: the library's run_from_datastore handed back by name.
+ALLOWED = Allowlist(
+    ["tests.security.allowed_tasks"], library={RUN_FROM_DATASTORE: deferred.run_from_datastore}
+)
 
 
 def test_google_appengine_is_not_installed() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cloudtasks_deferred import Settings
-from cloudtasks_deferred.localdev import (
+from cloudtasks_deferred.devtools.localdev import (
     LocalEmulators,
     QueueFileError,
     QueueIds,
@@ -18,7 +18,7 @@ from cloudtasks_deferred.localdev import (
     queue_ids_from_tfvars,
     queue_ids_from_yaml,
 )
-from cloudtasks_deferred.queue_yaml import QueueYamlError, convert
+from cloudtasks_deferred.devtools.queue_yaml import QueueYamlError, convert
 
 QUEUE_YAML = """\
 queue:

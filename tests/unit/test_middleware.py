@@ -11,11 +11,11 @@ import pytest
 
 from cloudtasks_deferred import Client, Handler, Settings, deferred, wrap_wsgi_app
 from cloudtasks_deferred.client import current_client
-from cloudtasks_deferred.frame import encode
+from cloudtasks_deferred.enqueue.transports.memory import InMemoryTransport
 from cloudtasks_deferred.middleware import DeferredMiddleware
-from cloudtasks_deferred.payload import serialize
+from cloudtasks_deferred.payload.calls import serialize
+from cloudtasks_deferred.payload.frame import encode
 from cloudtasks_deferred.testing import in_memory_queue
-from cloudtasks_deferred.transports.memory import InMemoryTransport
 from tests import tasks
 from tests.oidc import AUDIENCE, INVOKER, Issuer
 from tests.tasks import RECORDER
@@ -150,7 +150,7 @@ def test_a_custom_handler_uses_the_wrapped_apps_settings(
     fall back to the environment: signing keys and the allowlist still apply."""
     import dataclasses
 
-    from cloudtasks_deferred.frame import SigningKey
+    from cloudtasks_deferred.payload.frame import SigningKey
 
     key = SigningKey("k1", b"k" * 32)
     settings = dataclasses.replace(signed_client.settings, signing_keys=(key,))

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from cloudtasks_deferred.auth.certs import StaticCerts
-from cloudtasks_deferred.auth.oidc import (
+from cloudtasks_deferred.receive.auth.certs import StaticCerts
+from cloudtasks_deferred.receive.auth.oidc import (
     CLOCK_SKEW_SECONDS,
     MAX_TOKEN_BYTES,
     AuthenticationError,

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cloudtasks_deferred import TaskRetryOptions
-from cloudtasks_deferred.options import DEFAULT_URL, TaskOptions, split_options
+from cloudtasks_deferred.enqueue.options import DEFAULT_URL, TaskOptions, split_options
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

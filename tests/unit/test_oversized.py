@@ -18,10 +18,8 @@ from cloudtasks_deferred import (
     deferred,
     limits,
 )
-from cloudtasks_deferred.enqueue import task_builder
-from cloudtasks_deferred.frame import MAX_PICKLE_BYTES, decode
-from cloudtasks_deferred.options import split_options
-from cloudtasks_deferred.oversized import (
+from cloudtasks_deferred.enqueue.options import split_options
+from cloudtasks_deferred.enqueue.oversized import (
     MARGIN_BYTES,
     MAX_INLINE_TASK_BYTES,
     MAX_STORED_BYTES,
@@ -29,10 +27,12 @@ from cloudtasks_deferred.oversized import (
     place,
     task_bytes,
 )
-from cloudtasks_deferred.payload import serialize
+from cloudtasks_deferred.enqueue.tasks import task_builder
+from cloudtasks_deferred.enqueue.transports.memory import InMemoryTransport
+from cloudtasks_deferred.payload.calls import serialize
+from cloudtasks_deferred.payload.frame import MAX_PICKLE_BYTES, decode
 from cloudtasks_deferred.settings import Platform
 from cloudtasks_deferred.testing import in_memory_queue
-from cloudtasks_deferred.transports.memory import InMemoryTransport
 from tests import tasks
 from tests.tasks import RECORDER, fingerprint
 

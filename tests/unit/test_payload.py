@@ -11,9 +11,15 @@ from typing import Any
 import pytest
 
 from cloudtasks_deferred import Client, Handler, deferred
-from cloudtasks_deferred.deadletters import InMemoryDeadLetters
-from cloudtasks_deferred.frame import InvalidPayloadError, encode
-from cloudtasks_deferred.payload import describe_callable, invoke_member, load_call, run, serialize
+from cloudtasks_deferred.payload.calls import (
+    describe_callable,
+    invoke_member,
+    load_call,
+    run,
+    serialize,
+)
+from cloudtasks_deferred.payload.frame import InvalidPayloadError, encode
+from cloudtasks_deferred.receive.deadletters import InMemoryDeadLetters
 from tests import tasks
 from tests.oidc import Issuer
 from tests.tasks import RECORDER
@@ -197,7 +203,7 @@ def test_an_undecodable_payload_leaves_no_argument_in_logs_or_dead_letters(
 
 
 def test_a_stored_payloads_key_argument_is_not_quoted_when_invalid() -> None:
-    from cloudtasks_deferred import storage
+    from cloudtasks_deferred.storage import entities as storage
 
     with pytest.raises(InvalidPayloadError, match="not a URL-safe Datastore key") as caught:
         storage.parse_key("password=hunter2", storage.DeferredTaskEntity)

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cloudtasks_deferred.payload import serialize
-from cloudtasks_deferred.pickle_reader import Global, Instance, UnreadablePickleError, read
-from cloudtasks_deferred.pickle_render import render
+from cloudtasks_deferred.payload.calls import serialize
+from cloudtasks_deferred.payload.reader import Global, Instance, UnreadablePickleError, read
+from cloudtasks_deferred.payload.render import render
 from tests import tasks
 from tests.tasks import RECORDER
 

@@ -19,8 +19,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cloudtasks_deferred.pickle_reader import read
-from cloudtasks_deferred.pickle_render import render
+from cloudtasks_deferred.payload.reader import read
+from cloudtasks_deferred.payload.render import render
 
 PROTOCOLS = range(pickle.HIGHEST_PROTOCOL + 1)
 zones = (

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 
 from cloudtasks_deferred import Client, Handler, deferred
-from cloudtasks_deferred.auth import authenticator_for
-from cloudtasks_deferred.auth.certs import StaticCerts
-from cloudtasks_deferred.deadletters import InMemoryDeadLetters
-from cloudtasks_deferred.transports.memory import InMemoryTransport
+from cloudtasks_deferred.enqueue.transports.memory import InMemoryTransport
+from cloudtasks_deferred.receive.auth import authenticator_for
+from cloudtasks_deferred.receive.auth.certs import StaticCerts
+from cloudtasks_deferred.receive.deadletters import InMemoryDeadLetters
 from tests.conftest import SIGNED_SETTINGS
 from tests.legacy import Point
 from tests.oidc import Issuer

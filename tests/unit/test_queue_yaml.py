@@ -13,8 +13,9 @@ from typing import Any
 import hcl2
 import pytest
 
-from cloudtasks_deferred import cli, errors
-from cloudtasks_deferred.queue_yaml import QueueYamlError, convert, render_hcl, render_json
+from cloudtasks_deferred import errors
+from cloudtasks_deferred.devtools import cli
+from cloudtasks_deferred.devtools.queue_yaml import QueueYamlError, convert, render_hcl, render_json
 from tests.terraform import hcl
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "queue_yaml"
@@ -426,7 +427,7 @@ def test_command_refuses_an_unknown_format() -> None:
 
 
 def test_importing_the_package_and_the_cli_loads_no_yaml() -> None:
-    code = "import sys, cloudtasks_deferred, cloudtasks_deferred.cli; print('yaml' in sys.modules)"
+    code = "import sys, cloudtasks_deferred, cloudtasks_deferred.devtools.cli; print('yaml' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from cloudtasks_deferred import TaskRetryOptions
-from cloudtasks_deferred.context import TaskInfo
-from cloudtasks_deferred.retry import give_up_reason, gives_up
+from cloudtasks_deferred.payload.retry import give_up_reason
+from cloudtasks_deferred.receive.context import TaskInfo
+from cloudtasks_deferred.receive.retry import gives_up
 
 
 def test_legacy_fields() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cloudtasks_deferred import ConfigurationError, Settings
-from cloudtasks_deferred.frame import SigningKey
+from cloudtasks_deferred.payload.frame import SigningKey
 from cloudtasks_deferred.settings import GOOGLE_OIDC_CERTS_URL, Platform, origin, queue_path
 
 

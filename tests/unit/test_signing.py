@@ -10,19 +10,19 @@ import pickle
 import pytest
 
 from cloudtasks_deferred import Client, ConfigurationError, Handler, Settings
+from cloudtasks_deferred.enqueue.transports.memory import InMemoryTransport
 from cloudtasks_deferred.errors import PayloadRefusedError
-from cloudtasks_deferred.frame import (
+from cloudtasks_deferred.payload.calls import serialize
+from cloudtasks_deferred.payload.frame import (
     FLAG_SIGNED,
     PayloadSignatureError,
     SigningKey,
     decode,
     encode,
 )
-from cloudtasks_deferred.handler import Outcome, outcome_of
-from cloudtasks_deferred.payload import serialize
-from cloudtasks_deferred.signing import parse_signing_keys
+from cloudtasks_deferred.payload.signing import parse_signing_keys
+from cloudtasks_deferred.receive.outcomes import Outcome, outcome_of
 from cloudtasks_deferred.testing import in_memory_queue
-from cloudtasks_deferred.transports.memory import InMemoryTransport
 from tests import tasks
 from tests.conftest import SIGNED_SETTINGS
 from tests.oidc import Issuer

@@ -10,10 +10,14 @@ import pytest
 from google.api_core import exceptions
 from google.cloud import tasks_v2
 
-from cloudtasks_deferred import Client, cli, outbox, sweeper, wrap_wsgi_app
-from cloudtasks_deferred.auth import CertsUnavailableError
-from cloudtasks_deferred.sweeper import SWEEP_PATH, SweepApp, SweepReport
-from cloudtasks_deferred.transports.memory import InMemoryTransport
+from cloudtasks_deferred import Client, wrap_wsgi_app
+from cloudtasks_deferred.devtools import cli
+from cloudtasks_deferred.enqueue import outbox
+from cloudtasks_deferred.enqueue import sweep as sweeper
+from cloudtasks_deferred.enqueue.sweep import SWEEP_PATH, SweepReport
+from cloudtasks_deferred.enqueue.transports.memory import InMemoryTransport
+from cloudtasks_deferred.middleware import SweepApp
+from cloudtasks_deferred.receive.auth import CertsUnavailableError
 from tests.conftest import SIGNED_SETTINGS
 from tests.oidc import Issuer
 from tests.wsgi import call, environ

@@ -22,8 +22,8 @@ from cloudtasks_deferred import (
     testing,
 )
 from cloudtasks_deferred.client import current_client
-from cloudtasks_deferred.enqueue import build_task
-from cloudtasks_deferred.options import split_options
+from cloudtasks_deferred.enqueue.options import split_options
+from cloudtasks_deferred.enqueue.tasks import build_task
 from cloudtasks_deferred.settings import Platform
 from cloudtasks_deferred.testing import TEST_SETTINGS, InMemoryQueue, in_memory_queue
 from tests import tasks

@@ -9,9 +9,13 @@ from typing import Any
 
 import pytest
 
-from cloudtasks_deferred.auth.certs import StaticCerts
-from cloudtasks_deferred.auth.oidc import AuthenticationError, OIDCVerifier
-from cloudtasks_deferred.auth.token_cache import DEFAULT_MAX_ENTRIES, CachedToken, VerifiedTokens
+from cloudtasks_deferred.receive.auth.certs import StaticCerts
+from cloudtasks_deferred.receive.auth.oidc import AuthenticationError, OIDCVerifier
+from cloudtasks_deferred.receive.auth.token_cache import (
+    DEFAULT_MAX_ENTRIES,
+    CachedToken,
+    VerifiedTokens,
+)
 from tests.oidc import AUDIENCE, INVOKER, Issuer
 
 

@@ -1,0 +1,3 @@
+"""TODO devtools."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""TODO enqueue."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""TODO receive."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""TODO storage."""
+
+__all__: list[str] = []
