@@ -21,8 +21,8 @@ import tempfile
 import timeit
 
 from cloudtasks_deferred.payload.allowlist import Allowlist
+from cloudtasks_deferred.payload.budget import DecodeBudget
 from cloudtasks_deferred.payload.frame import encode
-from cloudtasks_deferred.payload.unpickler import DecodeBudget
 
 from .common import Result
 from .tasks import make_batch, process_batch

@@ -6,7 +6,7 @@ and ``google.appengine.api.taskqueue``::
     Error
      ├── PermanentTaskFailure      raise it in a task: log, do not retry (HTTP 200)
      │    └── payload.frame.InvalidPayloadError      the body is no payload (truncated, corrupt)
-     │         └── payload.unpickler.DecodeLimitError  ... or costs more than its budget
+     │         └── payload.budget.DecodeLimitError  ... or costs more than its budget
      ├── SingularTaskFailure       raise it in a task: retry without an error log (HTTP 408)
      ├── TaskAlreadyExistsError    defer(_name=...) reused a name Cloud Tasks still holds
      │    └── TombstonedTaskError   ... a name whose task ended within the dedupe window

@@ -60,9 +60,11 @@ but only as the task's callable: while unpickling, and anywhere else in the
 payload, each is an inert marker without state that refuses to be called, and it
 is recognised by identity when the load is done.
 
-**What unpickling may cost** is bounded too (:class:`~cloudtasks_deferred.\
-_checked_unpickler.DecodeBudget`: opcodes, and bytes of objects created).
+**What unpickling may cost** is bounded too
+(:class:`~cloudtasks_deferred.payload.budget.DecodeBudget`: opcodes, and bytes of
+objects created).
 
+Entries are validated by :func:`~cloudtasks_deferred.payload.allowlist_entries.check_entries`.
 Never allowed: entries naming :data:`REFUSED_MODULES` (``builtins`` as a whole,
 ``os``, ``subprocess``, ``pickle``, ``operator``, ``cloudtasks_deferred`` itself...)
 or :data:`DANGEROUS_BUILTINS` (``builtins.eval``, ``exec``, ``getattr``,
@@ -79,15 +81,24 @@ translated to their Python 3 names as the standard unpickler does, then checked.
 
 from __future__ import annotations
 
-import re
 import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, final
 
 from cloudtasks_deferred.errors import PayloadRefusedError
+from cloudtasks_deferred.payload.allowlist_entries import (
+    ALLOWED_MODULES_VARIABLE,
+    DANGEROUS_BUILTINS,
+    INVOKE_MEMBER,
+    RECONSTRUCTORS,
+    REFUSED_MODULES,
+    SAFE_GLOBALS,
+    check_entries,
+)
+from cloudtasks_deferred.payload.budget import DecodeBudget
 from cloudtasks_deferred.payload.calls import LEGACY_NAMES, invoke_member
 from cloudtasks_deferred.payload.calls import RUN_FROM_DATASTORE as _RUN_FROM_DATASTORE_NAME
-from cloudtasks_deferred.payload.unpickler import CheckedUnpickler, DecodeBudget
+from cloudtasks_deferred.payload.checked import CheckedUnpickler
 
 __all__ = [
     "ALLOWED_MODULES_VARIABLE",
@@ -102,10 +113,6 @@ __all__ = [
     "check_entries",
 ]
 
-#: The variable the allowlist is read from (named in every refusal).
-ALLOWED_MODULES_VARIABLE: Final = "CLOUDTASKS_DEFERRED_ALLOWED_MODULES"
-#: The library's member-call wrapper (legacy rules 4 and 7), allowed as the task's callable.
-INVOKE_MEMBER: Final = "cloudtasks_deferred.payload.invoke_member"
 #: The library's runner of payloads stored in Datastore, allowed as the task's callable.
 RUN_FROM_DATASTORE: Final = ".".join(_RUN_FROM_DATASTORE_NAME)
 #: The library functions a payload may name, each only as the task's callable.
@@ -114,129 +121,11 @@ LIBRARY_CALLABLES: Final = frozenset({INVOKE_MEMBER, RUN_FROM_DATASTORE})
 _LEGACY_CALLABLES: Final = types.MappingProxyType(
     {f"{module}.{name}": f"{ours[0]}.{ours[1]}" for (module, name), ours in LEGACY_NAMES.items()}
 )
-_RECONSTRUCTORS: Final = frozenset(
-    {"copyreg._reconstructor", "copyreg.__newobj__", "copyreg.__newobj_ex__"}
-)
-#: Data types a pickle may construct without listing: constructing them runs no code
-#: of the payload's. They carry arguments; they are not callable as tasks.
-SAFE_GLOBALS: Final = frozenset(
-    {
-        *(
-            f"builtins.{name}"
-            for name in [
-                "bool",
-                "bytearray",
-                "bytes",
-                "complex",
-                "dict",
-                "float",
-                "frozenset",
-                "int",
-                "list",
-                "object",
-                "range",
-                "set",
-                "slice",
-                "str",
-                "tuple",
-            ]
-        ),
-        # How protocols 0-2 (Python 3 writing for Python 2) carry bytes: only with
-        # latin-1, which the bounded unpickler enforces.
-        "_codecs.encode",
-        "datetime.date",
-        "datetime.datetime",
-        "datetime.time",
-        "datetime.timedelta",
-        "datetime.timezone",
-        "decimal.Decimal",
-        "uuid.UUID",
-        "collections.OrderedDict",
-        "collections.Counter",
-        "collections.defaultdict",
-        "collections.deque",
-    }
-)
-#: Modules an entry may not name, wholly or in part: each reaches arbitrary code.
-REFUSED_MODULES: Final = frozenset(
-    {
-        "builtins",
-        "cloudtasks_deferred",
-        "code",
-        "codeop",
-        "ctypes",
-        "importlib",
-        "io",
-        "marshal",
-        "multiprocessing",
-        "nt",
-        "operator",
-        "_operator",
-        "os",
-        "pickle",
-        "_pickle",
-        "posix",
-        "pty",
-        "runpy",
-        "shutil",
-        "socket",
-        "subprocess",
-        "sys",
-        "types",
-    }
-)
-#: Built-ins that may never be listed: they evaluate code or reach any attribute.
-DANGEROUS_BUILTINS: Final = frozenset(
-    f"builtins.{name}"
-    for name in [
-        "__import__",
-        "breakpoint",
-        "compile",
-        "delattr",
-        "eval",
-        "exec",
-        "getattr",
-        "globals",
-        "input",
-        "locals",
-        "open",
-        "setattr",
-        "type",
-        "vars",
-    ]
-)
-_ENTRY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 class DisallowedReferenceError(PayloadRefusedError):
     """The pickle names or runs code outside the allowlist (its module was not imported),
     or would modify an object it did not create (nothing was modified)."""
-
-
-def check_entries(entries: Iterable[str]) -> None:
-    """Validates allowlist entries.
-
-    Args:
-        entries: Module prefixes or exact globals (module docstring).
-
-    Raises:
-        ValueError: An entry is not a dotted name, or names something never allowed
-            (:data:`REFUSED_MODULES`, :data:`DANGEROUS_BUILTINS`); the message quotes it.
-    """
-    for entry in entries:
-        if entry == INVOKE_MEMBER:  # always allowed; listing it changes nothing
-            continue
-        if not isinstance(entry, str) or not _ENTRY.fullmatch(entry):
-            raise ValueError(f"{entry!r} is not a dotted module or global name")
-        root = entry.split(".", 1)[0]
-        builtin_name = root == "builtins" and entry != "builtins"
-        if entry in DANGEROUS_BUILTINS or (root in REFUSED_MODULES and not builtin_name):
-            raise ValueError(
-                f"{entry!r} would let a payload reach arbitrary code; list your task "
-                "modules and exact data types (e.g. builtins.len, uuid.UUID) instead"
-            )
-        if builtin_name and entry.count(".") != 1:
-            raise ValueError(f"{entry!r}: list built-ins by exact name, e.g. builtins.len")
 
 
 @final
@@ -294,7 +183,7 @@ class Allowlist:
         # What a task may run: your entries only.
         self._callable_exact = listed
         # What a pickle may reference: those, plus data types and reconstructors.
-        self._exact = SAFE_GLOBALS | _RECONSTRUCTORS | listed
+        self._exact = SAFE_GLOBALS | RECONSTRUCTORS | listed
         self._prefixes = tuple(entry + "." for entry in self.entries)
 
     def allows_module(self, module: str) -> bool:

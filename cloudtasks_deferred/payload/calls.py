@@ -40,8 +40,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Final
 
 from cloudtasks_deferred.errors import PayloadRefusedError
+from cloudtasks_deferred.payload.budget import DecodeLimitError
 from cloudtasks_deferred.payload.frame import InvalidPayloadError, decode
-from cloudtasks_deferred.payload.unpickler import BoundedUnpickler, DecodeLimitError
+from cloudtasks_deferred.payload.unpickler import BoundedUnpickler
 
 __all__ = [
     "LEGACY_NAMES",

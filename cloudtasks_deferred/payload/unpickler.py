@@ -26,16 +26,8 @@ without an allowlist:
   rule for these types intends. Python 2 module names (``__builtin__``,
   ``copy_reg``) are translated as the standard unpickler does.
 
-:class:`CheckedUnpickler` adds the allowlist's mechanism (the policy lives in
-:mod:`cloudtasks_deferred.payload.allowlist`):
-
-* every ``GLOBAL``/``STACK_GLOBAL``/``INST``/``EXT`` reference goes to ``resolve``
-  (Python 2 names translated first), ``EXT`` without copyreg's process-wide cache;
-* ``BUILD`` (set an object's state), ``SETITEM(S)``, ``APPEND(S)`` and ``ADDITEMS``
-  are refused, **before they change anything**, when their target is an object
-  ``resolve`` returned during this load, or any class, module, function, method,
-  descriptor or code object wherever it came from: a pickle may fill in only the
-  objects it creates.
+:class:`~cloudtasks_deferred.payload.checked.CheckedUnpickler` adds the allowlist's
+checks on top.
 
 The price of checking in Python is speed: decoding a typical 4 KB task costs about
 ten times ``pickle.loads`` (benchmark P8); the C unpickler could not enforce any of
@@ -46,119 +38,29 @@ from __future__ import annotations
 
 import _compat_pickle
 import copyreg
-import dataclasses
 import datetime
 import functools
 import io
 import pickle
 import struct
 import sys
-import types
 from collections.abc import Callable
 from typing import Any, ClassVar, Final
 
-from cloudtasks_deferred.payload.frame import InvalidPayloadError
+from cloudtasks_deferred.payload.budget import (
+    COSTS,
+    ITEM_COST,
+    MAX_MARK_DEPTH,
+    DecodeBudget,
+    DecodeLimitError,
+)
 
-__all__ = ["BoundedUnpickler", "CheckedUnpickler", "DecodeBudget", "DecodeLimitError"]
+__all__ = ["BoundedUnpickler"]
 
 Lookup = Callable[[str, str], Any]
 Handler = Callable[[Any], None]
 
-#: Opcodes one load may run, whatever the size of its body.
-MIN_OPCODES: Final = 1_000_000
-#: ... and per byte of the body it came in (compressed bodies run more).
-OPCODES_PER_BODY_BYTE: Final = 4
-#: Deepest nesting of marks (the pickler's own recursion limit is about 1,000).
-MAX_MARK_DEPTH: Final = 10_000
-#: Bytes of objects one load may create (as charged, see the module docstring) ...
-MIN_MEMORY: Final = 16 * 1024 * 1024
-#: ... and per byte of the body it came in.
-MEMORY_PER_BODY_BYTE: Final = 128
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodeBudget:
-    """What one load may spend.
-
-    Attributes:
-        opcodes: Opcodes it may run.
-        memory: Bytes of objects it may create, as charged (module docstring).
-    """
-
-    opcodes: int
-    memory: int
-
-    @classmethod
-    def for_body(cls, body_bytes: int) -> DecodeBudget:
-        """The default budget for a pickle that arrived in ``body_bytes`` bytes.
-
-        ``max(1,000,000, 4 x body)`` opcodes and ``max(16 MiB, 128 x body)`` bytes:
-        a 1 MB task body may run 4 million opcodes (under a second) and create
-        128 MiB of objects, enough for the 150,000 small records (about 90 MiB) that a
-        compressed 1 MB body can hold. Only data compressed more than about a
-        hundredfold, such as hundreds of thousands of empty containers, needs more.
-        """
-        return cls(
-            opcodes=max(MIN_OPCODES, OPCODES_PER_BODY_BYTE * body_bytes),
-            memory=max(MIN_MEMORY, MEMORY_PER_BODY_BYTE * body_bytes),
-        )
-
-
-class DecodeLimitError(InvalidPayloadError):
-    """The pickle exceeds its :class:`DecodeBudget` or asks for a call the rules refuse.
-
-    A permanent failure, as any payload that cannot be decoded. Its message holds
-    numbers and type names, never the pickle's data.
-    """
-
-
-# Bytes charged per opcode: the stack slot, plus the object the opcode creates
-# (CPython 3.11, 64-bit). Calls are charged what they return, fills per item.
-_SLOT: Final = 8
-_COSTS: Final = [_SLOT] * 256
-for _op, _cost in {
-    pickle.EMPTY_DICT: 72,
-    pickle.DICT: 72,
-    pickle.EMPTY_LIST: 64,
-    pickle.LIST: 64,
-    pickle.EMPTY_SET: 224,
-    pickle.FROZENSET: 224,
-    pickle.TUPLE: 48,
-    pickle.TUPLE1: 56,
-    pickle.TUPLE2: 64,
-    pickle.TUPLE3: 72,
-    pickle.BININT: 40,
-    pickle.BININT2: 40,
-    pickle.INT: 40,
-    pickle.LONG: 40,
-    pickle.LONG1: 40,
-    pickle.LONG4: 40,
-    pickle.BINFLOAT: 32,
-    pickle.FLOAT: 32,
-    pickle.SHORT_BINUNICODE: 56,
-    pickle.BINUNICODE: 56,
-    pickle.BINUNICODE8: 56,
-    pickle.UNICODE: 56,
-    pickle.STRING: 56,
-    pickle.BINSTRING: 56,
-    pickle.SHORT_BINSTRING: 56,
-    pickle.SHORT_BINBYTES: 48,
-    pickle.BINBYTES: 48,
-    pickle.BINBYTES8: 48,
-    pickle.BYTEARRAY8: 64,
-    pickle.PUT: 64,
-    pickle.BINPUT: 64,
-    pickle.LONG_BINPUT: 64,
-    pickle.MEMOIZE: 64,
-    pickle.POP: 0,
-    pickle.POP_MARK: 0,
-    pickle.PROTO: 0,
-    pickle.FRAME: 0,
-    pickle.STOP: 0,
-}.items():
-    _COSTS[_op[0]] = _cost
 _CHECK_EVERY: Final = 64  # opcodes between budget checks: overshoot under 15 KB
-_ITEM: Final = 48  # one more entry in a dict or set (the table grows too)
 _DATE_TYPES: Final = (datetime.date, datetime.time)  # datetime is a date
 
 
@@ -231,7 +133,7 @@ class BoundedUnpickler(pickle._Unpickler):
         self.stack = []
         self.append = self.stack.append
         self.proto = 0
-        handlers, costs = self._handlers, _COSTS
+        handlers, costs = self._handlers, COSTS
         charged = 0  # the fixed costs, added to self._charged every _CHECK_EVERY opcodes
         countdown = _CHECK_EVERY
         try:
@@ -359,34 +261,34 @@ class BoundedUnpickler(pickle._Unpickler):
 
     def load_setitems(self) -> None:
         """``SETITEMS``, charged per item."""
-        self.charge(_ITEM * (len(self.stack) // 2))
+        self.charge(ITEM_COST * (len(self.stack) // 2))
         super().load_setitems()  # type: ignore[misc]
 
     def load_setitem(self) -> None:
         """``SETITEM``, charged."""
-        self.charge(_ITEM)
+        self.charge(ITEM_COST)
         super().load_setitem()  # type: ignore[misc]
 
     def load_dict(self) -> None:
         """``DICT`` (protocols 0 and 1), charged per item."""
-        self.charge(_ITEM * (len(self.stack) // 2))
+        self.charge(ITEM_COST * (len(self.stack) // 2))
         super().load_dict()  # type: ignore[misc]
 
     def load_additems(self) -> None:
         """``ADDITEMS``, charged per item."""
-        self.charge(_ITEM * len(self.stack))
+        self.charge(ITEM_COST * len(self.stack))
         super().load_additems()  # type: ignore[misc]
 
     def load_frozenset(self) -> None:
         """``FROZENSET``, charged per item."""
-        self.charge(_ITEM * len(self.stack))
+        self.charge(ITEM_COST * len(self.stack))
         super().load_frozenset()  # type: ignore[misc]
 
     def load_build(self) -> None:
         """``BUILD``, charged per state item."""
         state = self.stack[-1] if self.stack else None
         if isinstance(state, dict):
-            self.charge(_ITEM * len(state))
+            self.charge(ITEM_COST * len(state))
         super().load_build()  # type: ignore[misc]
 
     def load_bytearray8(self) -> None:
@@ -416,123 +318,3 @@ class BoundedUnpickler(pickle._Unpickler):
 
 
 BoundedUnpickler._handlers = _handler_table(BoundedUnpickler.dispatch)
-
-
-# Never filled in by a pickle, wherever they come from: code and what holds code.
-_NEVER_FILLED_IN: Final = (
-    type,
-    types.ModuleType,
-    types.FunctionType,
-    types.BuiltinFunctionType,
-    types.MethodType,
-    types.MethodWrapperType,
-    types.WrapperDescriptorType,
-    types.MethodDescriptorType,
-    types.ClassMethodDescriptorType,
-    types.GetSetDescriptorType,
-    types.MemberDescriptorType,
-    types.CodeType,
-    staticmethod,
-    classmethod,
-    property,
-)
-
-
-class CheckedUnpickler(BoundedUnpickler):
-    """A :class:`BoundedUnpickler` whose references are checked, and which fills in
-    only the objects it creates.
-
-    Args:
-        data: The whole pickle.
-        resolve: ``resolve(find, module, name)`` returns what a reference stands for
-            or raises; ``find`` is the standard lookup (imports the module).
-        refuse: Makes the exception raised for a refused fill-in from its message.
-        budget: What the load may spend (see :class:`BoundedUnpickler`).
-    """
-
-    dispatch: ClassVar[dict[int, Handler]] = dict(BoundedUnpickler.dispatch)
-
-    def __init__(
-        self,
-        data: bytes,
-        *,
-        resolve: Callable[[Lookup, str, str], Any],
-        refuse: Callable[[str], Exception],
-        budget: DecodeBudget | None = None,
-    ) -> None:
-        super().__init__(data, budget=budget)
-        self._resolve = resolve
-        self._refuse = refuse
-        #: What resolve returned, by id (holding the objects keeps the ids unique).
-        self.found: dict[int, Any] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        """Resolves a reference through ``resolve``: Python 2 names translated first."""
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        elif module in _compat_pickle.IMPORT_MAPPING:
-            module = _compat_pickle.IMPORT_MAPPING[module]
-        found = self._resolve(self._find, module, name)
-        self.found[id(found)] = found
-        return found
-
-    def _check_target(self, opcode: str, stack: list[Any], depth: int) -> None:
-        """Refuses to let ``opcode`` change ``stack[-depth]`` unless the pickle made it."""
-        if len(stack) < depth:
-            return  # the opcode itself reports the malformed stack
-        target = stack[-depth]
-        if id(target) in self.found or isinstance(target, _NEVER_FILLED_IN):
-            raise self._refuse(
-                f"the payload's {opcode} opcode would modify {_describe(target)}, "
-                "which it did not create"
-            )
-
-    def _check_marked_target(self, opcode: str) -> None:
-        if self.metastack:  # the target sits just below the mark
-            self._check_target(opcode, self.metastack[-1], 1)
-
-    def load_build(self) -> None:
-        """``BUILD``, checked."""
-        self._check_target("BUILD", self.stack, 2)
-        super().load_build()
-
-    def load_setitem(self) -> None:
-        """``SETITEM``, checked."""
-        self._check_target("SETITEM", self.stack, 3)
-        super().load_setitem()
-
-    def load_setitems(self) -> None:
-        """``SETITEMS``, checked."""
-        self._check_marked_target("SETITEMS")
-        super().load_setitems()
-
-    def load_append(self) -> None:
-        """``APPEND``, checked."""
-        self._check_target("APPEND", self.stack, 2)
-        super().load_append()  # type: ignore[misc]
-
-    def load_appends(self) -> None:
-        """``APPENDS``, checked."""
-        self._check_marked_target("APPENDS")
-        super().load_appends()  # type: ignore[misc]
-
-    def load_additems(self) -> None:
-        """``ADDITEMS``, checked."""
-        self._check_marked_target("ADDITEMS")
-        super().load_additems()
-
-    dispatch[pickle.BUILD[0]] = load_build
-    dispatch[pickle.SETITEM[0]] = load_setitem
-    dispatch[pickle.SETITEMS[0]] = load_setitems
-    dispatch[pickle.APPEND[0]] = load_append
-    dispatch[pickle.APPENDS[0]] = load_appends
-    dispatch[pickle.ADDITEMS[0]] = load_additems
-
-
-def _describe(target: Any) -> str:
-    """Names what a refused opcode would have changed: its name or kind, never contents."""
-    name = getattr(target, "__qualname__", None)
-    module = getattr(target, "__module__", None)
-    if isinstance(name, str) and isinstance(module, str):
-        return f"{module}.{name}"
-    return f"a {type(target).__name__} object"

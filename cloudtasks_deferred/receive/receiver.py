@@ -19,9 +19,9 @@ from typing import Any, Protocol
 
 from cloudtasks_deferred.payload import binding, invoke_member
 from cloudtasks_deferred.payload.allowlist import INVOKE_MEMBER, Allowlist
+from cloudtasks_deferred.payload.budget import DecodeBudget
 from cloudtasks_deferred.payload.calls import OpenedPayload, load_call, unpickle
 from cloudtasks_deferred.payload.frame import decode
-from cloudtasks_deferred.payload.unpickler import DecodeBudget
 from cloudtasks_deferred.receive.auth import Authenticator, authenticator_for
 from cloudtasks_deferred.receive.deadletters import DeadLetterSink, LoggingDeadLetters
 from cloudtasks_deferred.settings import Settings

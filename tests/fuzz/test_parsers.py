@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cloudtasks_deferred.payload.allowlist import Allowlist, DisallowedReferenceError
+from cloudtasks_deferred.payload.budget import DecodeBudget, DecodeLimitError
 from cloudtasks_deferred.payload.frame import (
     FLAG_COMPRESSED,
     FLAG_SIGNED,
@@ -31,7 +32,6 @@ from cloudtasks_deferred.payload.frame import (
     decode,
     encode,
 )
-from cloudtasks_deferred.payload.unpickler import DecodeBudget, DecodeLimitError
 from cloudtasks_deferred.receive.auth.certs import StaticCerts
 from cloudtasks_deferred.receive.auth.oidc import AuthenticationError, OIDCVerifier
 from tests.fuzz.conftest import FUZZ

@@ -17,15 +17,11 @@ import pytest
 from cloudtasks_deferred import Client, Settings
 from cloudtasks_deferred.enqueue.transports.memory import InMemoryTransport
 from cloudtasks_deferred.payload.allowlist import Allowlist
+from cloudtasks_deferred.payload.budget import MAX_MARK_DEPTH, DecodeBudget, DecodeLimitError
 from cloudtasks_deferred.payload.calls import serialize
+from cloudtasks_deferred.payload.checked import CheckedUnpickler
 from cloudtasks_deferred.payload.frame import InvalidPayloadError, encode
-from cloudtasks_deferred.payload.unpickler import (
-    MAX_MARK_DEPTH,
-    BoundedUnpickler,
-    CheckedUnpickler,
-    DecodeBudget,
-    DecodeLimitError,
-)
+from cloudtasks_deferred.payload.unpickler import BoundedUnpickler
 from tests.security.opcodes import ALLOWED, call, integer, ref, task, text
 from tests.tasks import RECORDER, record
 

@@ -46,8 +46,6 @@ def test_every_exception_is_drawn_in_the_tree(name: str) -> None:
     for _, cls in inspect.getmembers(module, inspect.isclass):
         if issubclass(cls, BaseException) and cls.__module__ == name:
             drawn = (
-                cls.__name__
-                if name == "cloudtasks_deferred.errors"
-                else f"{short}.{cls.__name__}"
+                cls.__name__ if name == "cloudtasks_deferred.errors" else f"{short}.{cls.__name__}"
             )
             assert drawn in (errors.__doc__ or ""), drawn
