@@ -127,17 +127,17 @@ class Client:
         return enqueue(self, obj, args, kwargs)
 
     def open_payload(self, body: bytes) -> OpenedPayload:
-        """Decodes a task body; see :meth:`Receiver.open_payload <cloudtasks_deferred.receive.receiver.Receiver.open_payload>`."""
+        """Decodes a task body (:meth:`.Receiver.open_payload`)."""
         return self.receiver.open_payload(body)
 
     def frame_payload(
         self, pickled: bytes, metadata: dict[str, Any], *, compress: bool = False
     ) -> bytes:
-        """Frames a pickled call; see :meth:`Sender.frame_payload <cloudtasks_deferred.enqueue.sender.Sender.frame_payload>`."""
+        """Frames a pickled call (:meth:`.Sender.frame_payload`)."""
         return self.sender.frame_payload(pickled, metadata, compress=compress)
 
     def queue_path(self, queue: str | None = None) -> str:
-        """``projects/P/locations/L/queues/Q`` for ``queue``; see :meth:`Sender.queue_path <cloudtasks_deferred.enqueue.sender.Sender.queue_path>`."""
+        """``projects/P/locations/L/queues/Q`` for ``queue`` (:meth:`.Sender.queue_path`)."""
         return self.sender.queue_path(queue)
 
     def mint_dev_token(self, audience: str, valid_from: datetime) -> str:
@@ -147,7 +147,7 @@ class Client:
     def ndb_context(
         self, *, required_for: str | None = None
     ) -> contextlib.AbstractContextManager[object]:
-        """An NDB context; see :meth:`Datastore.context <cloudtasks_deferred.storage.datastore.Datastore.context>`."""
+        """An NDB context (:meth:`.Datastore.context`)."""
         return self.receiver.ndb_context(required_for=required_for)
 
     @contextlib.contextmanager

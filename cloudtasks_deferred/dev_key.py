@@ -37,6 +37,7 @@ class DevKey:
     """
 
     def __init__(self, private_pem: bytes) -> None:
+        # cryptography and google-auth load with the first dev key (cold starts).
         from cryptography.hazmat.primitives import serialization
         from google.auth import crypt
 
@@ -82,7 +83,7 @@ class DevKey:
         Returns:
             The compact JWT.
         """
-        from google.auth import jwt
+        from google.auth import jwt  # loaded on the first dev token (cold starts)
 
         now = datetime.now(UTC)
         expiry = max(valid_from or now, now) + DEV_TOKEN_LIFETIME
@@ -106,6 +107,7 @@ def dev_key(path: Path | None) -> DevKey:
 
 
 def _new_private_pem() -> bytes:
+    # cryptography loads only when a dev key is made (cold starts).
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 

@@ -1,5 +1,8 @@
 """Configuration: one frozen :class:`Settings` object, read from the environment in one place.
 
+Why this module is long: every variable's name, parsing, validation and meaning stay
+in one file, so that the environment is read in one place and each rule has one home.
+
 :meth:`Settings.from_env` is the only code in the library that reads environment
 variables, apart from :func:`environment_key` (which tells the default client whether
 they changed) and one guard: dev mode refuses to switch on when the process
@@ -412,7 +415,7 @@ class Settings:
 
     @functools.cached_property
     def payload_destinations(self) -> frozenset[str]:
-        """Destinations a signed payload may be bound to here (:mod:`~cloudtasks_deferred.payload.binding`).
+        """Destinations a signed payload may be bound to here (:mod:`.payload.binding`).
 
         The audiences tokens may carry, and on App Engine
         ``app-engine:PROJECT/SERVICE`` of this service.

@@ -25,15 +25,26 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from cloudtasks_deferred import __version__
+from cloudtasks_deferred.client import Client
 from cloudtasks_deferred.devtools import cli_args as _cli_args
 from cloudtasks_deferred.devtools.cli_args import add_queue_files, fail, queue_ids, reason
 from cloudtasks_deferred.devtools.cli_dev import add_dev
+from cloudtasks_deferred.devtools.emulators import (
+    CloudTasksEmulator,
+    EmulatorUnavailableError,
+    PortInUseError,
+)
+from cloudtasks_deferred.devtools.localdev import datastore_problem
 from cloudtasks_deferred.devtools.tooling import EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
+from cloudtasks_deferred.enqueue.sweep import sweep
+from cloudtasks_deferred.errors import ConfigurationError
+from cloudtasks_deferred.settings import Settings, queue_path
 
 __all__ = ["main"]
 
@@ -109,13 +120,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_emulator(args: argparse.Namespace) -> int:
-    from cloudtasks_deferred.devtools.emulators import (
-        CloudTasksEmulator,
-        EmulatorUnavailableError,
-        PortInUseError,
-    )
-    from cloudtasks_deferred.settings import queue_path
-
     ids = queue_ids(args, "emulator")
     if ids is None:
         return EXIT_FAILURE
@@ -197,6 +201,7 @@ def _add_queue_yaml(commands: Any) -> None:
 
 
 def _run_queue_yaml(args: argparse.Namespace) -> int:
+    # PyYAML loads only for this command: every other command starts without it.
     from cloudtasks_deferred.devtools.queue_yaml import (
         QueueYamlError,
         convert,
@@ -255,14 +260,6 @@ def _add_sweep(commands: Any) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
-    from datetime import timedelta
-
-    from cloudtasks_deferred.client import Client
-    from cloudtasks_deferred.devtools.localdev import datastore_problem
-    from cloudtasks_deferred.enqueue.sweep import sweep
-    from cloudtasks_deferred.errors import ConfigurationError
-    from cloudtasks_deferred.settings import Settings
-
     if importlib.util.find_spec("google.cloud.ndb") is None:
         return fail(
             "sweep",
@@ -313,6 +310,7 @@ def _add_inspect(commands: Any) -> None:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
+    # The reader loads only for this command: every other command starts without it.
     from cloudtasks_deferred.payload.inspection import (
         MAX_INPUT_BYTES,
         InspectError,

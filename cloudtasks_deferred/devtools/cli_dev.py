@@ -108,6 +108,7 @@ def add_dev(commands: Any) -> None:
 
 
 def _run_dev(args: argparse.Namespace) -> int:
+    # The dev runner loads only for this command: every other command starts without it.
     from cloudtasks_deferred.devtools.devcommand import DevOptions, run_dev
 
     if (args.app is None) == (args.functions_target is None):

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         "--log-headers", action="store_true", help="log each task's queue headers too"
     )
     args = parser.parse_args(argv)
-    try:
+    try:  # werkzeug comes with the flask or functions extra: loaded only to serve
         from werkzeug.serving import run_simple
     except ImportError:
         return _fail(

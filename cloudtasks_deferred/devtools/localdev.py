@@ -93,6 +93,7 @@ def queue_ids_from_yaml(path: Path) -> QueueIds:
     Raises:
         QueueFileError: The file cannot be read, or ``convert`` refuses it.
     """
+    # PyYAML loads only when a queue.yaml is given.
     from cloudtasks_deferred.devtools.queue_yaml import QueueYamlError, convert
 
     try:
@@ -182,6 +183,7 @@ def ensure_queues(host: str, queues: Iterable[str]) -> None:
     Raises:
         EmulatorUnavailableError: The emulator does not answer or refuses a queue.
     """
+    # google-cloud-tasks loads only when queues are created on an emulator.
     from google.api_core import exceptions
     from google.cloud import tasks_v2
 

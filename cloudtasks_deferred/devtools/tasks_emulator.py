@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
-    try:
+    try:  # the emulator's own packages: installed beside the library, checked here
         import grpc
         from gcloud_tasks_emulator import server
         from google.api_core.exceptions import NotFound

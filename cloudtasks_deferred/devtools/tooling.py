@@ -1,7 +1,8 @@
 """What the command-line tools share: their exit codes and the address they serve on.
 
 Used by ``cloudtasks-deferred`` (:mod:`cloudtasks_deferred.devtools.cli` and the modules of its
-commands), :mod:`cloudtasks_deferred.devtools.devserver`, :mod:`cloudtasks_deferred.devtools.emulators`
+commands), :mod:`cloudtasks_deferred.devtools.devserver`,
+:mod:`cloudtasks_deferred.devtools.emulators`
 and the emulator's runner; it imports nothing, so any of them may import it.
 """
 

@@ -103,7 +103,7 @@ def place(
     """Decides how a payload travels (see the module docstring). Touches no network.
 
     Args:
-        client: Frames the payload (:meth:`Sender.frame_payload <cloudtasks_deferred.enqueue.sender.Sender.frame_payload>`).
+        client: Frames the payload (:meth:`.Sender.frame_payload`).
         pickled: The pickled call.
         metadata: The frame's metadata.
         build: Builds the task for a body, with every option applied.

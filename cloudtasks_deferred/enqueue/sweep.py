@@ -7,7 +7,8 @@ entry older than a threshold and deletes the entry. Run it periodically, either:
 
 * ``cloudtasks-deferred sweep`` (the command line, with the app's environment), or
 * ``POST /_ah/queue/deferred/sweep``, which :func:`~cloudtasks_deferred.wrap_wsgi_app`
-  serves with :class:`~cloudtasks_deferred.receive.sweep_app.SweepApp`: a Cloud Scheduler job with an OIDC token for the
+  serves with :class:`~cloudtasks_deferred.middleware.SweepApp`: a Cloud Scheduler job
+  with an OIDC token for the
   service account tasks use (``--oidc-service-account-email`` =
   ``CLOUDTASKS_DEFERRED_SERVICE_ACCOUNT``, ``--oidc-token-audience`` = the service
   URL). The request is authenticated exactly like a task, before anything else.
@@ -93,8 +94,8 @@ def sweep(
     # google-cloud-ndb (the ndb extra) and the outbox, which needs it, load on use.
     from google.cloud import ndb, tasks_v2  # type: ignore[attr-defined]
 
-    from cloudtasks_deferred.enqueue.outbox import create_once
-    from cloudtasks_deferred.storage import entities as storage
+    from cloudtasks_deferred.enqueue.outbox import create_once  # imports google-cloud-ndb
+    from cloudtasks_deferred.storage import entities as storage  # likewise
 
     report = SweepReport()
     with client.ndb_context(required_for="the outbox sweeper"):

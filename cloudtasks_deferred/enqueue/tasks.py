@@ -190,7 +190,7 @@ def build_task(
 
 
 def destination_for(options: TaskOptions, settings: Settings, parent: str) -> str:
-    """Where a task goes, as a signed payload is bound to it (:mod:`~cloudtasks_deferred.payload.binding`).
+    """Where a task goes, as a signed payload is bound to it (:mod:`.payload.binding`).
 
     Args:
         options: Validated ``defer`` options.

@@ -3,9 +3,9 @@
 Serializing a call (the legacy callable rules), the frame around it (metadata,
 compression, the signature and its binding to a destination), the unpickling
 allowlist and the bounded, checked unpickler that enforces it, and the reader behind
-``cloudtasks-deferred inspect``. Bytes in, bytes out: it imports nothing of this
-library but :mod:`cloudtasks_deferred.errors` and :mod:`cloudtasks_deferred.limits`
-(no settings, no Datastore, no network), so every rule here can be read, tested and
+``cloudtasks-deferred inspect``. Bytes in, bytes out: it may import only the base
+modules (:mod:`cloudtasks_deferred.errors`, :mod:`cloudtasks_deferred.limits`) — no
+settings, no Datastore, no network — so every rule here can be read, tested and
 mutation-tested on its own.
 
 :func:`invoke_member` is defined in :mod:`~cloudtasks_deferred.payload.calls` and

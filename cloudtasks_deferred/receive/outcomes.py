@@ -113,7 +113,7 @@ def outcome_of(error: BaseException | None, *, retries_exhausted: bool = False) 
 @dataclasses.dataclass(frozen=True)
 class Attempt:
     """What became of one request: its outcome, a detail safe to show the caller, and
-    what the task raised (re-raised by :meth:`TaskHandler.run_from_request <cloudtasks_deferred.receive.handler.TaskHandler.run_from_request>`)."""
+    what the task raised (re-raised by :meth:`.TaskHandler.run_from_request`)."""
 
     outcome: Outcome
     detail: str = ""

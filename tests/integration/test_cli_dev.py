@@ -66,7 +66,8 @@ def test_dev_says_when_the_app_cannot_start(tasks_emulator: CloudTasksEmulator) 
         dev.close()
     lines = dev.output.splitlines()
     assert (
-        "python -m cloudtasks_deferred.devtools.devserver: cannot load main:nosuchattr: main has no "
+        "python -m cloudtasks_deferred.devtools.devserver: cannot load main:nosuchattr: "
+        "main has no "
         "attribute 'nosuchattr'"
     ) in lines
     assert "cloudtasks-deferred dev: main:nosuchattr did not start (its message is above)" in lines

@@ -304,7 +304,8 @@ def test_devserver_names_a_missing_attribute(tmp_path: Path) -> None:
     result = devserver("main:nosuchattr", "--app-dir", str(SAMPLES / "wsgi"), env=env)
     assert result.returncode == 1
     assert one_error_line(result, "python -m cloudtasks_deferred.devtools.devserver: ") == (
-        "python -m cloudtasks_deferred.devtools.devserver: cannot load main:nosuchattr: main has no "
+        "python -m cloudtasks_deferred.devtools.devserver: cannot load main:nosuchattr: "
+        "main has no "
         "attribute 'nosuchattr'"
     )
 

@@ -30,6 +30,7 @@ DEV_TOOL_USES = {
     "types-requests": "import requests",
     "types-pyyaml": "import yaml",
     "mutmut": 'with_name("mutmut")',
+    "import-linter": "lint-imports",
 }
 
 

@@ -427,7 +427,10 @@ def test_command_refuses_an_unknown_format() -> None:
 
 
 def test_importing_the_package_and_the_cli_loads_no_yaml() -> None:
-    code = "import sys, cloudtasks_deferred, cloudtasks_deferred.devtools.cli; print('yaml' in sys.modules)"
+    code = (
+        "import sys, cloudtasks_deferred, cloudtasks_deferred.devtools.cli; "
+        "print('yaml' in sys.modules)"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )

@@ -39,6 +39,7 @@ def shared_client(emulator_host: str | None) -> tasks_v2.CloudTasksClient:
     """
     if emulator_host is None:
         return tasks_v2.CloudTasksClient()
+    # grpc's channel and transport load only for an emulator.
     import grpc
     from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 

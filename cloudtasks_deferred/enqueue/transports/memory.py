@@ -33,7 +33,7 @@ class InMemoryTransport:
             return list(self._pending)
 
     def create_task(self, parent: str, task: tasks_v2.Task) -> tasks_v2.Task:
-        """Records a copy of ``task``; see :class:`~cloudtasks_deferred.enqueue.transports.Transport`."""
+        """Records a copy of ``task`` (see :class:`.transports.Transport`)."""
         created = tasks_v2.Task.pb()()
         created.CopyFrom(tasks_v2.Task.pb(task))
         now_ns = time.time_ns()  # Timestamp.GetCurrentTime() is ~10x slower

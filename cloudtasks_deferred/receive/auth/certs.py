@@ -216,7 +216,7 @@ def _max_age(headers: Mapping[str, str]) -> float:
 
 
 def _requests_fetch(url: str) -> tuple[int, Mapping[str, str], bytes]:
-    import requests
+    import requests  # loaded on the first certificate fetch, not at import (cold starts)
 
     response = requests.get(url, timeout=FETCH_TIMEOUT)
     return response.status_code, response.headers, response.content

@@ -165,7 +165,7 @@ class OIDCVerifier:
 
     def _verify_signature(self, token: str) -> tuple[Mapping[str, Any], str, str]:
         """Checks the header, the times and the signature: steps 1-4 of the module docstring."""
-        from google.auth import jwt
+        from google.auth import jwt  # google-auth loads on the first token (cold starts)
 
         header, unverified = _parse(token)
         if header.get("alg") != "RS256":
