@@ -9,7 +9,6 @@ an argument the task would choke on at run time.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
 from collections.abc import Mapping
@@ -103,6 +102,8 @@ def split_options(
     call_kwargs = {k: v for k, v in kwargs.items() if not k.startswith("_")}
     # Names are checked before None values are dropped: _countdwn=None is a typo too.
     for key in sorted(k for k in kwargs if k.startswith("_") and k not in OPTION_NAMES):
+        import difflib  # only for a mistyped option: it costs cold starts milliseconds
+
         hint = difflib.get_close_matches(key, OPTION_NAMES, n=1)
         suggestion = f"; did you mean {hint[0]}?" if hint else "."
         # Never the value: a mistyped option may be an argument holding a secret.
