@@ -11,24 +11,9 @@
 3. refuses bodies larger than a task can be (413) before reading them;
 4. decodes the payload and runs the callable with :func:`~cloudtasks_deferred.current_task`
    set, the handler's client bound and, when enabled, inside an NDB context;
-5. maps the outcome with :func:`response_for` (Cloud Tasks retries every non-2xx):
-
-=====================================================  ======  ========
-outcome                                                status  retried?
-=====================================================  ======  ========
-the callable returned                                  200     no
-``PermanentTaskFailure``, or a body that is no payload  200     no (logged, dead letter)
-the task's own ``_retry_options`` are exhausted        200     no (logged, dead letter)
-``SingularTaskFailure``                                408     yes
-any other exception, incl. missing code                500     yes
-a frame written by a newer release (rolling deploy)    500     yes (a warning, no traceback)
-caller not authenticated                               403     yes
-payload unsigned, badly signed, or outside allowlist   403     yes (nothing unpickled)
-no certificates to verify tokens with                  503     yes
-method other than POST                                 405     n/a
-body larger than a task (1 MB)                         413     n/a
-malformed ``Content-Length`` or truncated body         400     yes
-=====================================================  ======  ========
+5. maps the outcome to a status (:mod:`cloudtasks_deferred.receive.outcomes` holds the
+   table; Cloud Tasks retries every non-2xx), and reports it
+   (:mod:`cloudtasks_deferred.receive.reporting`).
 """
 
 from __future__ import annotations
