@@ -40,6 +40,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from google.api_core import exceptions
+
 from . import limits
 from .errors import PayloadTooLargeError, PermanentTaskFailure
 from .frame import MAX_PICKLE_BYTES
@@ -210,6 +212,11 @@ def enqueue_stored(
 
     Raises:
         ConfigurationError: No NDB context can be opened; says what to configure.
+        google.api_core.exceptions.ServiceUnavailable: Datastore was unavailable
+            (google-cloud-ndb gave up retrying): the message names Datastore, and
+            NDB's error is its ``__cause__``. Nothing was stored or enqueued.
+        google.api_core.exceptions.GoogleAPICallError: Datastore refused the write,
+            with a note naming Datastore. Nothing was stored or enqueued.
         Exception: What ``create`` raised, after the entities were deleted.
     """
     from google.cloud import ndb  # type: ignore[attr-defined]
@@ -217,12 +224,31 @@ def enqueue_stored(
     from . import storage
 
     with client.ndb_context(required_for="a payload over Cloud Tasks' task size limit"):
-        keys = ndb.non_transactional()(storage.store_payload)(stored)
+        try:
+            keys = ndb.non_transactional()(storage.store_payload)(stored)
+        except exceptions.GoogleAPICallError as exc:
+            exc.add_note(f"cloudtasks_deferred: {_not_stored(len(stored))}")
+            raise
+        except exceptions.GoogleAPIError as exc:
+            # google-cloud-ndb's RetryError (its retries of an unavailable Datastore ran
+            # out) is no GoogleAPICallError, and names neither Datastore nor the cause.
+            cause = exc.cause if isinstance(exc, exceptions.RetryError) else None
+            raise exceptions.ServiceUnavailable(
+                f"Datastore is unavailable: {_not_stored(len(stored))}; defer again "
+                f"later (NDB: {cause or exc})"
+            ) from exc
         try:
             return create(build(pointer_body(client, keys[0], metadata)))
         except Exception:
             _discard(keys, "its task could not be created")
             raise
+
+
+def _not_stored(size: int) -> str:
+    return (
+        f"Datastore could not store this task's {size:,}-byte payload (too large for a "
+        "task, it travels in a _DeferredTaskEntity); nothing was enqueued"
+    )
 
 
 def run_from_datastore(key: object) -> Any:
