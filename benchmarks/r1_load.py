@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -288,7 +287,7 @@ def _wait_until_serving(port: int, process: subprocess.Popen[bytes], timeout: fl
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
                 return
-        except (urllib.error.URLError, ConnectionError):
+        except OSError:  # refused, or accepted by the master while workers still boot
             time.sleep(0.1)
     raise RuntimeError(f"gunicorn did not answer on port {port} within {timeout:.0f} s")
 
