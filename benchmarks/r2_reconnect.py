@@ -28,7 +28,7 @@ from cloudtasks_deferred.transports.cloud_tasks import create_retry, shared_clie
 from .common import QUEUE, Result
 
 OUTAGE = 60.0
-QUICK_OUTAGE = 10.0
+QUICK_OUTAGE = 5.0
 #: The first defer after the outage should not wait longer than this, in milliseconds.
 TARGET_MS = 2000.0
 #: How long the measured calls keep retrying before the measurement gives up.
