@@ -260,9 +260,8 @@ class Client:
                 "DATASTORE_EMULATOR_HOST locally)"
             )
             message = (
-                (f"{required_for} needs Datastore, but " if required_for else "")
-                + f"cannot open an NDB context ({exc}): {fix}"
-            )
+                f"{required_for} needs Datastore, but " if required_for else ""
+            ) + f"cannot open an NDB context ({exc}): {fix}"
             if mode:
                 raise ConfigurationError(message) from exc
             # Auto mode: say it once, then stop trying (each attempt probes credentials).

@@ -29,7 +29,7 @@ DEV_TOOL_USES = {
     "twine": "twine check",
     "types-requests": "import requests",
     "types-pyyaml": "import yaml",
-    "mutmut": "with_name(\"mutmut\")",
+    "mutmut": 'with_name("mutmut")',
 }
 
 
