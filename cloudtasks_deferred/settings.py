@@ -236,7 +236,7 @@ class Settings:
             an insecure gRPC channel.
         enqueue_timeout: Seconds ``defer`` may spend creating one task: every attempt
             (an unavailable API is retried with google-api-core's backoff) and the
-            waits between them. Past it ``defer`` raises
+            waits between them. A task not created within it makes ``defer`` raise
             ``google.api_core.exceptions.DeadlineExceeded``.
         platform: Where the process runs; decides whether App Engine queue headers
             can be trusted and whether tasks can be App Engine tasks. Default

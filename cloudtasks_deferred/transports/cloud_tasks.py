@@ -9,8 +9,8 @@ application default credentials.
 **When the API is unavailable.** ``CreateTask`` is retried with google-api-core's
 exponential backoff (from 0.1 s up to 1 s between attempts) while the service
 answers ``UNAVAILABLE`` (it did not take the request, so a retry cannot create a
-second task), each attempt getting the time left. Once ``timeout`` seconds
-(``CLOUDTASKS_DEFERRED_ENQUEUE_TIMEOUT``, 30 by default) have passed,
+second task), each attempt getting the time left. If the task is not created
+within ``timeout`` seconds (``CLOUDTASKS_DEFERRED_ENQUEUE_TIMEOUT``, 30 by default),
 :meth:`CloudTasksTransport.create_task` raises
 ``google.api_core.exceptions.DeadlineExceeded`` — a ``GoogleAPICallError``, as every
 other error of the API — chained to google-api-core's ``RetryError`` and, through
@@ -137,7 +137,7 @@ class CloudTasksTransport:
             # the API's errors would miss an outage. Every attempt was refused with
             # UNAVAILABLE, so the task does not exist.
             raise exceptions.DeadlineExceeded(
-                f"Cloud Tasks was unavailable for {self.timeout:g} s "
-                f"(CLOUDTASKS_DEFERRED_ENQUEUE_TIMEOUT) and did not create the task; "
-                f"last error: {exc.cause or exc}"
+                f"Cloud Tasks was unavailable and did not create the task within "
+                f"{self.timeout:g} s (CLOUDTASKS_DEFERRED_ENQUEUE_TIMEOUT); last error: "
+                f"{exc.cause or exc}"
             ) from exc
