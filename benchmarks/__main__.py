@@ -17,6 +17,8 @@ BENCHMARKS = {
     "P5": "benchmarks.p5_cold_start",
     "P7": "benchmarks.p7_large_payloads",
     "P8": "benchmarks.p8_checked_decoding",
+    "R1": "benchmarks.r1_load",
+    "R2": "benchmarks.r2_reconnect",
 }
 
 

@@ -106,7 +106,15 @@ def defer(obj: Callable[..., Any], *args: Any, **kwargs: Any) -> tasks_v2.Task:
         BadTransactionStateError: ``_transactional=True`` outside an NDB transaction.
         ConfigurationError: The settings do not say where to send the task, or a
             payload needs Datastore and no NDB context can be opened.
-        google.api_core.exceptions.GoogleAPICallError: Cloud Tasks refused the task.
+        google.api_core.exceptions.DeadlineExceeded: The task was not created within
+            ``CLOUDTASKS_DEFERRED_ENQUEUE_TIMEOUT`` seconds (30 by default): Cloud
+            Tasks was unavailable (retried until then) or did not answer.
+        google.api_core.exceptions.ServiceUnavailable: A payload too large for a task
+            could not be stored because Datastore was unavailable; the message names
+            Datastore and google-cloud-ndb's error is the ``__cause__``. Nothing was
+            enqueued.
+        google.api_core.exceptions.GoogleAPICallError: Cloud Tasks (or, for a stored
+            payload, Datastore) refused the task; the base class of the two above.
     """
     return current_client().defer(obj, *args, **kwargs)
 
