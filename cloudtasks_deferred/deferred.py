@@ -141,9 +141,11 @@ def defer_many(
     ``_transactional=True`` calls, inside an NDB transaction as with ``defer``, are
     all written to the outbox in that transaction; once it commits, their tasks are
     created together, concurrently, before the transaction call returns (see
-    :mod:`cloudtasks_deferred.enqueue.outbox`). A Datastore commit holds at most 500
-    entities (Datastore's limits) and each transactional task writes two: at most
-    250 of them per transaction, fewer beside your own writes.
+    :mod:`cloudtasks_deferred.enqueue.outbox`). Each writes two root entities and its
+    task message into the transaction, within Datastore's limits on a transaction
+    (its limits page): 10 MiB in Firestore in Datastore mode; 25 entity groups in
+    legacy Datastore and the Datastore emulator, i.e. 12 transactional tasks at
+    most. Past a limit the commit fails and nothing is enqueued.
 
     Interrupted in the calling thread (``KeyboardInterrupt``), it sends no further
     call, lets those in flight finish and raises: the tasks created so far stay.

@@ -46,9 +46,11 @@ outbox, as the legacy ``taskqueue`` refused names on transactional tasks).
 **Many at once.** Inside :func:`created_together` (what ``defer_many`` opens), step 2
 is one step for all the block's tasks: after the commit they are created
 concurrently, then their outbox entries deleted in one batch; the guarantee is the
-same. A Datastore commit holds at most 500 entities (Datastore's limits page), and
-each transactional task writes two, so one transaction holds at most 250 of them,
-fewer beside its own writes.
+same. Each transactional task writes two root entities (two entity groups) and its
+whole task message into the transaction: Firestore in Datastore mode bounds a
+transaction at 10 MiB, and legacy Datastore, like the Datastore emulator, at 25
+entity groups, i.e. at most 12 transactional tasks, fewer beside the caller's own
+writes (Datastore's limits page). Past a limit the commit fails and nothing is enqueued.
 """
 
 from __future__ import annotations
