@@ -13,7 +13,9 @@ How a batch goes:
    frame, signature, task message. Whatever reads the caller's context (its NDB
    transaction, the request it serves) reads it there.
 2. Each prepared task's ``create_task`` goes to a pool of at most ``max_workers``
-   threads as soon as it is ready, so the pickling overlaps the network.
+   threads as soon as it is ready, so the pickling overlaps the network. It runs in
+   a copy of the caller's context variables (as ``asyncio.to_thread`` runs a call),
+   so what follows the caller's context there (a trace's span) follows it.
 3. A payload too large for a task is stored in Datastore and its task created in
    the calling thread, as ``defer`` does it (through the caller's NDB context).
 4. ``_transactional=True`` calls write their outbox entries in the caller's
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -120,7 +123,8 @@ def enqueue_many(
                         outcomes[index] = exc
                         continue
                     if prepared.thread_safe:
-                        in_flight[pool.submit(prepared.send)] = index
+                        context = contextvars.copy_context()
+                        in_flight[pool.submit(context.run, prepared.send)] = index
                     else:
                         in_this_thread.append((index, prepared.send))
             for index, send in in_this_thread:

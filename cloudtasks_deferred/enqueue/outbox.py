@@ -208,7 +208,12 @@ def create_all_after_commit(
         max_workers=max(1, min(max_workers, len(entries))),
         thread_name_prefix="cloudtasks-deferred-outbox",
     ) as pool:
-        created = list(pool.map(functools.partial(_create_or_log, client), [t for _, t in entries]))
+        # Each in a copy of this thread's context variables, as asyncio.to_thread runs a call.
+        futures = [
+            pool.submit(contextvars.copy_context().run, _create_or_log, client, task)
+            for _, task in entries
+        ]
+        created = [future.result() for future in futures]
     done = [key for (key, _), ok in zip(entries, created, strict=True) if ok]
     if not done:
         return

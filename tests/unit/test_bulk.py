@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import logging
 import os
@@ -211,6 +212,25 @@ def test_round_trips_run_max_workers_at_a_time_and_never_more() -> None:
     assert all(isinstance(result, tasks_v2.Task) for result in results)
     assert transport.most == 4
     assert len(transport.tasks) == 40
+
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
+
+
+def test_each_round_trip_runs_in_the_callers_context() -> None:
+    seen: list[str] = []
+
+    class Looking(InMemoryTransport):
+        def create_task(self, parent: str, task: tasks_v2.Task) -> tasks_v2.Task:
+            seen.append(REQUEST_ID.get())  # what tracing instrumentation would read
+            return super().create_task(parent, task)
+
+    token = REQUEST_ID.set("request-7")
+    try:
+        client_with(Looking()).defer_many([Call(tasks.record, i) for i in range(10)])
+    finally:
+        REQUEST_ID.reset(token)
+    assert seen == ["request-7"] * 10
 
 
 def test_a_payload_stored_in_datastore_is_sent_from_the_calling_thread(
