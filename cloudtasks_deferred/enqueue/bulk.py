@@ -15,7 +15,10 @@ How a batch goes:
 2. Each prepared task's ``create_task`` goes to a pool of at most ``max_workers``
    threads as soon as it is ready, so the pickling overlaps the network. It runs in
    a copy of the caller's context variables (as ``asyncio.to_thread`` runs a call),
-   so what follows the caller's context there (a trace's span) follows it.
+   so what follows the caller's context there (a trace's span) follows it. At most
+   :data:`AHEAD` times ``max_workers`` tasks are prepared and not yet created:
+   preparing waits beyond that, so a batch of any size holds a bounded number of
+   task bodies in memory.
 3. A payload too large for a task is stored in Datastore and its task created in
    the calling thread, as ``defer`` does it (through the caller's NDB context).
 4. ``_transactional=True`` calls write their outbox entries in the caller's
@@ -36,7 +39,7 @@ import contextvars
 import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Final
 
 from cloudtasks_deferred.enqueue.options import split_options
@@ -45,7 +48,7 @@ from cloudtasks_deferred.enqueue.sender import SendingClient
 if TYPE_CHECKING:
     from google.cloud import tasks_v2
 
-__all__ = ["DEFAULT_MAX_WORKERS", "Call", "enqueue_many"]
+__all__ = ["AHEAD", "DEFAULT_MAX_WORKERS", "Call", "enqueue_many"]
 
 _logger = logging.getLogger(__name__)
 
@@ -53,6 +56,8 @@ _logger = logging.getLogger(__name__)
 #: 1,600 tasks a second from one process, far under Cloud Tasks' default quota of
 #: 6,000,000 API requests a minute (its quotas page).
 DEFAULT_MAX_WORKERS: Final = 32
+#: Tasks prepared and not yet created, per thread: enough to keep every thread busy.
+AHEAD: Final = 2
 #: Options a call's own value replaces together: a call's ``_eta`` drops a shared
 #: ``_countdown`` (``defer`` refuses the two together).
 _SCHEDULE: Final = frozenset({"_countdown", "_eta"})
@@ -109,6 +114,7 @@ def enqueue_many(
     outcomes: dict[int, tasks_v2.Task | Exception] = {}
     in_flight: dict[Future[tasks_v2.Task], int] = {}
     in_this_thread: list[tuple[int, Callable[[], tasks_v2.Task]]] = []
+    pending: set[Future[tasks_v2.Task]] = set()  # submitted, not yet done
     with ThreadPoolExecutor(
         max_workers=min(max_workers, len(batch)), thread_name_prefix="cloudtasks-deferred-bulk"
     ) as pool:
@@ -123,8 +129,12 @@ def enqueue_many(
                         outcomes[index] = exc
                         continue
                     if prepared.thread_safe:
+                        if len(pending) >= AHEAD * max_workers:
+                            pending = wait(pending, return_when=FIRST_COMPLETED).not_done
                         context = contextvars.copy_context()
-                        in_flight[pool.submit(context.run, prepared.send)] = index
+                        future = pool.submit(context.run, prepared.send)
+                        in_flight[future] = index
+                        pending.add(future)
                     else:
                         in_this_thread.append((index, prepared.send))
             for index, send in in_this_thread:

@@ -23,7 +23,7 @@ from cloudtasks_deferred import (
     TaskRetryOptions,
     deferred,
 )
-from cloudtasks_deferred.enqueue import oversized
+from cloudtasks_deferred.enqueue import bulk, oversized
 from cloudtasks_deferred.enqueue.transports.memory import InMemoryTransport
 from cloudtasks_deferred.payload.retry import RetryOptionsWarning
 from cloudtasks_deferred.testing import TEST_SETTINGS, in_memory_queue
@@ -214,6 +214,38 @@ def test_round_trips_run_max_workers_at_a_time_and_never_more() -> None:
     assert len(transport.tasks) == 40
 
 
+def test_preparing_waits_when_enough_tasks_wait_to_be_created() -> None:
+    lock = threading.Lock()
+    counts = {"prepared": 0, "created": 0}
+    ahead: list[int] = []
+
+    class Counted:
+        """An argument that counts the calls pickled so far."""
+
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+        def __reduce__(self) -> Any:
+            with lock:
+                counts["prepared"] += 1
+            return (int, (self.index,))
+
+    class Slow(InMemoryTransport):
+        def create_task(self, parent: str, task: tasks_v2.Task) -> tasks_v2.Task:
+            time.sleep(0.002)
+            with lock:
+                ahead.append(counts["prepared"] - counts["created"])
+                counts["created"] += 1
+            return super().create_task(parent, task)
+
+    results = client_with(Slow()).defer_many(
+        [Call(tasks.record, Counted(i)) for i in range(200)], max_workers=2
+    )
+    assert [argument_of(task) for task in results] == list(range(200))
+    # Never more prepared and not yet created than AHEAD per thread, plus the one in hand.
+    assert max(ahead) <= bulk.AHEAD * 2 + 1
+
+
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
 
 
@@ -266,11 +298,11 @@ def test_an_interrupted_batch_sends_no_further_call() -> None:
             raise KeyboardInterrupt
 
     transport = HeldTransport()
-    calls = [Call(tasks.record, index) for index in range(5)]
-    calls += [Call(tasks.record, Interrupting()), Call(tasks.record, 6)]
+    calls = [Call(tasks.record, 0), Call(tasks.record, 1)]  # in flight, and waiting
+    calls += [Call(tasks.record, Interrupting()), Call(tasks.record, 3)]
     with pytest.raises(KeyboardInterrupt):
         client_with(transport).defer_many(calls, max_workers=1)
-    # The call in flight finished; those waiting for the thread, and those after, never ran.
+    # The call in flight finished; the one waiting for the thread, and those after, never ran.
     assert [argument_of(task) for task in transport.tasks] == [0]
 
 
