@@ -252,3 +252,60 @@ def test_python_2_names_are_translated_exactly_once() -> None:
     # unpickler's fix_imports) would turn the module dbm into dbm.ndbm.
     allowlist = Allowlist(["dbm.whichdb"])
     assert allowlist.loads(b"\x80\x02cwhichdb\nwhichdb\n.") is dbm.whichdb
+
+
+# --- each rule's reach past the first part, and what each refusal names --------------------
+
+
+def test_underscore_rule_looks_at_every_module_part_past_the_entry() -> None:
+    # A private module below an allowed package's public one: "sub._hidden" has a part
+    # starting with "_" only once split at its dots.
+    allowlist = Allowlist(["pkg"])
+    assert allowlist.allows_module("pkg.sub")
+    assert not allowlist.allows_module("pkg.sub._hidden")
+    assert not allowlist.allows_module("pkg.sub.__main__")
+
+
+def test_dunder_rule_of_task_callables_looks_at_every_part_of_the_name() -> None:
+    # Job.__init__ is a function of an allowed module: only its dunder part refuses it.
+    with pytest.raises(DisallowedReferenceError, match=refused_reference("Job.__init__")):
+        ALLOWED.check_callable(Job.__init__)
+    ALLOWED.check_callable(Job.run)  # the same, without a dunder, is allowed
+
+
+class _CustomLookup:
+    def __getattribute__(self, name: str) -> Any:
+        return object.__getattribute__(self, name)
+
+    def run(self) -> None:
+        """A member its own lookup could swap."""
+
+
+class _NotAllowed:
+    def run(self) -> None:
+        """A public member of a class no entry allows."""
+
+
+@pytest.mark.parametrize(
+    ("obj", "member", "where"),
+    [
+        (Job("j"), "_private", f"{TARGETS}.Job._private"),
+        (_CustomLookup(), "run", f"{__name__}._CustomLookup.run"),
+        (Job("j"), "missing", f"{TARGETS}.Job.missing"),
+        (_NotAllowed(), "run", f"{__name__}._NotAllowed.run"),
+    ],
+    ids=["underscore", "own lookup", "no such member", "class not allowed"],
+)
+def test_each_member_refusal_names_the_member(obj: Any, member: str, where: str) -> None:
+    with pytest.raises(DisallowedReferenceError) as refused:
+        ALLOWED.check_member(obj, member)
+    assert str(refused.value).startswith(f"the payload references {where!r}, which")
+
+
+def test_a_refused_entry_says_what_to_list_instead() -> None:
+    with pytest.raises(ValueError, match="arbitrary code") as refused:
+        check_entries(["os"])
+    assert str(refused.value) == (
+        "'os' would let a payload reach arbitrary code; list your task modules and exact "
+        "data types (e.g. builtins.len, uuid.UUID) instead"
+    )

@@ -9,10 +9,12 @@ name, never by its contents.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from cloudtasks_deferred.payload.allowlist import Allowlist, DisallowedReferenceError
+from cloudtasks_deferred.payload.checked import CheckedUnpickler
 from tests.unit import allowlist_targets
 
 TARGETS = "tests.unit.allowlist_targets"
@@ -103,3 +105,17 @@ def test_a_class_is_named_by_its_module_and_qualified_name() -> None:
     assert str(refused.value) == (
         f"the payload's BUILD opcode would modify {TARGETS}.Job, which it did not create"
     )
+
+
+def test_what_a_reference_found_stays_alive_so_no_new_object_takes_its_id() -> None:
+    # A lookup that answers with a fresh list (as a classmethod looked up on a class
+    # answers with a fresh bound method). Once the pickle drops it, a list the pickle
+    # then makes could reuse its memory, and so its id: it would be taken for the shared
+    # object and refused, unless the unpickler holds on to what it found.
+    def resolve(find: Any, module: str, name: str) -> list[str]:
+        return []
+
+    pickled = proto4(ref(TARGETS, "fresh"), b"0]", text("mine"), b"a")
+    unpickler = CheckedUnpickler(pickled, resolve=resolve, refuse=DisallowedReferenceError)
+    assert unpickler.load() == ["mine"]
+    assert list(unpickler.found.values()) == [[]]

@@ -274,3 +274,27 @@ def test_a_subclass_dispatches_through_a_table_built_from_its_own_dispatch() -> 
     with pytest.raises(pickle.UnpicklingError) as refused:
         Recording(b"\xff.").load()
     assert str(refused.value) == "the pickle holds an unknown opcode"
+
+
+def least_memory(pickled: bytes) -> int:
+    """The smallest memory budget that loads ``pickled``."""
+    return next(m for m in range(4096) if _loads_within(pickled, m))
+
+
+def _loads_within(pickled: bytes, memory: int) -> bool:
+    try:
+        load(pickled, budget(memory))
+    except DecodeLimitError:
+        return False
+    return True
+
+
+def test_build_is_charged_per_item_of_its_state() -> None:
+    # The same old-style instance and state dict, with and without the BUILD that sets
+    # the three attributes: BUILD costs exactly three items.
+    state = b"}(" + b"".join(b"X\x01\x00\x00\x00" + n + b"K\x01" for n in (b"a", b"b", b"c")) + b"u"
+    without_build = inst("Legacy")[:-1] + state + b"0."
+    with_build = inst("Legacy")[:-1] + state + b"b."
+    built = load(with_build)
+    assert (built.a, built.b, built.c) == (1, 1, 1)
+    assert least_memory(with_build) - least_memory(without_build) == 144
