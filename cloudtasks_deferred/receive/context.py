@@ -4,7 +4,9 @@ Legacy code read ``os.environ["HTTP_X_APPENGINE_TASKNAME"]`` and friends inside 
 task. Cloud Tasks sends the same facts as ``X-CloudTasks-*`` headers to HTTP
 targets and as ``X-AppEngine-*`` headers to App Engine targets; the handler parses
 whichever is present, after authenticating the request, into a :class:`TaskInfo`
-visible to the task through :func:`current_task`.
+visible to the task through :func:`current_task`, with the trace the task's request
+carries (the ``traceparent`` ``defer`` added in the request that deferred it; see
+:mod:`cloudtasks_deferred.traces`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import dataclasses
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
+
+from cloudtasks_deferred import traces
+from cloudtasks_deferred.traces import TraceContext
 
 __all__ = ["TaskInfo", "current_task", "running"]
 
@@ -37,6 +42,9 @@ class TaskInfo:
         eta: When the task was scheduled to run, as an aware UTC datetime, if sent.
         previous_response: HTTP status of the previous attempt, if any.
         retry_reason: Why the task is being retried, if Cloud Tasks says.
+        trace: The trace of the task's request (``traceparent``, else
+            ``X-Cloud-Trace-Context``): for a task deferred inside a traced request,
+            a child span of that request's. ``None`` when it carries none.
     """
 
     queue_name: str | None = None
@@ -46,6 +54,7 @@ class TaskInfo:
     eta: datetime | None = None
     previous_response: int | None = None
     retry_reason: str | None = None
+    trace: TraceContext | None = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, Any]) -> TaskInfo:
@@ -73,6 +82,7 @@ class TaskInfo:
             eta=_timestamp(header("TASKETA")),
             previous_response=_int(header("TASKPREVIOUSRESPONSE")),
             retry_reason=header("TASKRETRYREASON"),
+            trace=traces.from_environ(environ),
         )
 
     @staticmethod

@@ -11,6 +11,8 @@
 3. refuses bodies larger than a task can be (413) before reading them;
 4. decodes the payload and runs the callable with :func:`~cloudtasks_deferred.current_task`
    set, the handler's client bound and, when enabled, inside an NDB context;
+   the request's trace (:mod:`cloudtasks_deferred.traces`) is current for the whole
+   request, and the task's labels for every line logged once it is authenticated;
 5. maps the outcome to a status (:mod:`cloudtasks_deferred.receive.outcomes` holds the
    table; Cloud Tasks retries every non-2xx), and reports it
    (:mod:`cloudtasks_deferred.receive.reporting`).
@@ -25,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeVar
 
-from cloudtasks_deferred import limits
+from cloudtasks_deferred import limits, traces
 from cloudtasks_deferred.errors import ConfigurationError
 from cloudtasks_deferred.payload.calls import OpenedPayload
 from cloudtasks_deferred.receive.auth import AuthenticationError, CertsUnavailableError
@@ -152,7 +154,8 @@ class TaskHandler:
         attempts: list[Attempt] = []
         token = _ATTEMPTS.set(attempts)
         try:
-            return self.run_from_request(environ)
+            with traces.tracing(traces.from_environ(environ)):
+                return self.run_from_request(environ)
         except Exception as exc:
             attempt = next((a for a in attempts if a.error is exc), None)
             if attempt is None:
@@ -193,7 +196,10 @@ class TaskHandler:
         try:
             client = self._resolve()
             task = TaskInfo.from_environ(environ)
-            return conclude(client.dead_letters, task, None, payload=None, error=error, elapsed=0.0)
+            with traces.tracing(task.trace), running(task):
+                return conclude(
+                    client.dead_letters, task, None, payload=None, error=error, elapsed=0.0
+                )
         except Exception:
             _logger.exception(
                 "cannot record what %s.run_from_request raised: %r; Cloud Tasks will retry",
@@ -211,9 +217,10 @@ class TaskHandler:
             return body_or_refusal
         body = body_or_refusal
         task = TaskInfo.from_environ(environ)
-        level = self._header_log_level or HEADER_LOG_LEVEL.get()
-        _logger.log(level, "%s", TaskInfo.headers_for_log(environ))
-        return self._run(client, task, body)
+        with running(task):  # its report, too, is logged with the task's labels
+            level = self._header_log_level or HEADER_LOG_LEVEL.get()
+            _logger.log(level, "%s", TaskInfo.headers_for_log(environ))
+            return self._run(client, task, body)
 
     def _read_body(self, environ: Mapping[str, Any]) -> bytes | Attempt:
         raw_length = environ.get("CONTENT_LENGTH") or ""
@@ -245,7 +252,7 @@ class TaskHandler:
         payload: OpenedPayload | None = None
         error: Exception | None = None
         try:
-            with client.bind(), running(task), client.ndb_context():
+            with client.bind(), client.ndb_context():
                 payload = client.open_payload(body)
                 entry = payload.run_entry
                 if entry is None:

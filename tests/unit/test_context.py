@@ -8,6 +8,7 @@ import pytest
 
 from cloudtasks_deferred import TaskInfo, current_task
 from cloudtasks_deferred.receive.context import running
+from cloudtasks_deferred.traces import TraceContext
 
 
 def test_cloud_tasks_headers() -> None:
@@ -65,3 +66,16 @@ def test_running_sets_and_restores_current_task() -> None:
     with running(TaskInfo(task_name="a")):
         assert current_task() == TaskInfo(task_name="a")
     assert current_task() is None
+
+
+def test_the_trace_of_the_task_request() -> None:
+    info = TaskInfo.from_environ(
+        {
+            "HTTP_X_CLOUDTASKS_TASKNAME": "t",
+            "HTTP_TRACEPARENT": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        }
+    )
+    assert info.trace == TraceContext(
+        "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", sampled=False
+    )
+    assert TaskInfo.from_environ({"HTTP_TRACEPARENT": "00-bad"}).trace is None
