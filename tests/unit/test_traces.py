@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import given
@@ -22,12 +21,12 @@ TRACEPARENT = f"00-{TRACE}-{SPAN}-01"
 
 
 @pytest.fixture(params=["by hand", "OpenTelemetry"])
-def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Each test twice: without OpenTelemetry loaded, and with it (this module imports it)."""
     if request.param == "by hand":
         monkeypatch.delitem(sys.modules, "opentelemetry.trace")
     assert traces._opentelemetry_loaded() is (request.param == "OpenTelemetry")
-    yield request.param
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
