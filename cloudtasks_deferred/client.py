@@ -74,6 +74,10 @@ class Client:
         authenticator: Who may run tasks; built from the settings when ``None``.
         dead_letters: Receives tasks given up on; logged when ``None``.
 
+    With ``settings.structured_logs`` (on App Engine and Cloud Run by default), building
+    a client makes the library's log records JSON lines for Cloud Logging, once per
+    process (:mod:`cloudtasks_deferred.logs`).
+
     Raises:
         ConfigurationError: ``settings`` is ``None`` and the environment is invalid.
     """
@@ -98,6 +102,11 @@ class Client:
             datastore=datastore,
             library={RUN_FROM_DATASTORE: run_from_datastore},
         )
+        if self.settings.structured_logs:
+            # python-json-logger loads only when logs are JSON (local cold starts).
+            from cloudtasks_deferred.logs import structure_library_logs
+
+            structure_library_logs(self.settings)
 
     @property
     def transport(self) -> Transport:

@@ -56,6 +56,11 @@ variable                                  meaning (default)
 ``PAYLOADS``                              version of the app can run, during a split-
                                           traffic migration (false; App Engine targets
                                           only, unsigned)
+``CLOUDTASKS_DEFERRED_STRUCTURED_LOGS``   ``true``/``false``/``auto``: the library's log
+                                          records as JSON lines for Cloud Logging, with
+                                          the request's trace and the task's labels
+                                          (``auto``: on App Engine and Cloud Run; see
+                                          :mod:`cloudtasks_deferred.logs`)
 ========================================  ==================================================
 
 The platform is detected from the variables the platforms set: ``GAE_ENV=standard``
@@ -134,6 +139,7 @@ _ENV_NAMES: Final = {
     "payload_max_age": f"{_PREFIX}PAYLOAD_MAX_AGE",
     "require_bound_payloads": f"{_PREFIX}REQUIRE_BOUND_PAYLOADS",
     "cross_compatible_payloads": f"{_PREFIX}CROSS_COMPATIBLE_PAYLOADS",
+    "structured_logs": f"{_PREFIX}STRUCTURED_LOGS",
 }
 
 #: Every variable :meth:`Settings.from_env` reads (the table above, the platforms'
@@ -269,6 +275,11 @@ class Settings:
             this library's), for the time a Python 2 and a Python 3 version share
             traffic. Only for App Engine targets, and never signed: it cannot be
             combined with ``base_url`` or ``signing_keys``.
+        structured_logs: The library writes its log records as JSON lines for Cloud
+            Logging (:mod:`cloudtasks_deferred.logs`) instead of leaving them to the
+            app's logging configuration. :meth:`from_env` turns it on on App Engine
+            and Cloud Run unless the variable says otherwise; direct construction
+            leaves it off.
 
     Raises:
         ConfigurationError: A value is invalid; the message names the field and its
@@ -296,6 +307,7 @@ class Settings:
     payload_max_age: float = binding.DEFAULT_MAX_AGE
     require_bound_payloads: bool = False
     cross_compatible_payloads: bool = False
+    structured_logs: bool = False
 
     def __post_init__(self) -> None:
         if self.project is not None:
@@ -383,6 +395,7 @@ class Settings:
 
         platform = Platform.detect(env)
         dev_key = get("dev_key_file")
+        structured = _flag("structured_logs", get("structured_logs"), default=None, allow_auto=True)
         return cls(
             project=get("project") or _project_from_gae_application(env.get("GAE_APPLICATION")),
             location=get("location"),
@@ -416,6 +429,8 @@ class Settings:
                 "cross_compatible_payloads", get("cross_compatible_payloads"), default=False
             )
             or False,
+            # auto (or unset): JSON on Google Cloud, left to the app elsewhere.
+            structured_logs=platform is not Platform.LOCAL if structured is None else structured,
         )
 
     @functools.cached_property
