@@ -21,16 +21,26 @@ key                                                   value
                                                       running task
 ====================================================  ====================================
 
+A record's ``extra`` fields are kept as keys of their own, and the keys of an
+``extra={"json_fields": {...}}`` mapping too (google-cloud-logging's convention).
+
 The trace keys appear inside a request or task that carries a trace
 (:mod:`cloudtasks_deferred.traces`) when the project ID is known
 (``GOOGLE_CLOUD_PROJECT``), so the lines group under the request in the Logs Explorer;
-the labels inside a task. Those records then reach no other handler (the logger does
-not propagate), so none is written twice. ``CLOUDTASKS_DEFERRED_STRUCTURED_LOGS=false``
-leaves the library's records to the app's logging configuration, as any library's.
+the labels inside a task.
+
+The library writes a record this way only where the app has not configured logging,
+that is where Python would otherwise print it bare through its last-resort handler:
+when no logger between the record's and the root has a handler. An app that
+configured logging (``logging.basicConfig``, google-cloud-logging's
+``setup_logging``, a ``dictConfig``) gets the library's records through its own
+handlers, in its own format, and none twice; the records still propagate, so the
+app's handlers and a test's ``caplog`` see them. ``CLOUDTASKS_DEFERRED_STRUCTURED_LOGS
+=false`` leaves the library's records to Python's defaults, as any library's.
 
 The library never configures the root logger by itself. :func:`configure_logging`
-does, when asked: the app's own records (a task's ``logging.info(...)`` included) then
-get the same JSON on Google Cloud, with the trace and labels of the task they are
+does, when asked: every record of the app (a task's ``logging.info(...)`` included)
+then gets the same JSON on Google Cloud, with the trace and labels of the task it is
 written in, and readable plain lines locally (:class:`PlainFormatter`). For a
 ``logging.config.dictConfig`` setup, use :class:`CloudLoggingFormatter` as a formatter
 factory (``"()": "cloudtasks_deferred.logs.CloudLoggingFormatter"``).
@@ -152,6 +162,11 @@ class CloudLoggingFormatter(JsonFormatter):
         labels = {**self.labels, **_task_labels()}
         if labels:
             log_data[_LABELS] = labels
+        # google-cloud-logging's convention: extra={"json_fields": {...}} adds keys.
+        fields = log_data.pop("json_fields", None)
+        if isinstance(fields, Mapping):
+            for key, value in fields.items():
+                log_data.setdefault(str(key), value)
 
 
 class PlainFormatter(logging.Formatter):
@@ -198,12 +213,26 @@ class _StderrHandler(logging.StreamHandler[TextIO]):
         pass  # always the current sys.stderr
 
 
+class _LibraryHandler(_StderrHandler):
+    """The library's records as JSON, where no handler of the app would write them."""
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """Writes ``record`` unless another handler on its way to the root will."""
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        while logger is not None:
+            if any(handler is not self for handler in logger.handlers):
+                return False
+            logger = logger.parent if logger.propagate else None
+        return super().handle(record)
+
+
 def structure_library_logs(settings: Settings) -> None:
     """Makes the library's own records JSON lines on standard error (the client calls it).
 
-    Once per process: later calls update the project ID. The ``cloudtasks_deferred``
-    logger stops propagating (each record is written once) and, if its level is not
-    set, logs from ``INFO`` (the task handler's lines for each task).
+    Once per process: later calls update the project ID. Where the app configured
+    logging, its handlers write them instead (see the module docstring). If its level
+    is not set, the ``cloudtasks_deferred`` logger logs from ``INFO`` (the task
+    handler's lines for each task, as the legacy handler logged them).
 
     Args:
         settings: The settings whose project ID the trace keys name.
@@ -211,12 +240,11 @@ def structure_library_logs(settings: Settings) -> None:
     logger = logging.getLogger(LIBRARY_LOGGER)
     formatter = CloudLoggingFormatter(settings.project or "")  # "": known to be unknown
     with _INSTALL_LOCK:
-        existing = [h for h in logger.handlers if isinstance(h, _StderrHandler)]
-        handler = existing[0] if existing else _StderrHandler()
+        existing = [h for h in logger.handlers if isinstance(h, _LibraryHandler)]
+        handler = existing[0] if existing else _LibraryHandler()
         handler.setFormatter(formatter)
         if not existing:
             logger.addHandler(handler)
-            logger.propagate = False
             if logger.level == logging.NOTSET:
                 logger.setLevel(logging.INFO)
     if not settings.project:
@@ -265,7 +293,7 @@ def configure_logging(
         else PlainFormatter()
     )
     with _INSTALL_LOCK:
-        existing = [h for h in target.handlers if isinstance(h, _StderrHandler)]
+        existing = [h for h in target.handlers if type(h) is _StderrHandler]
         handler = existing[0] if existing else _StderrHandler()
         handler.setFormatter(formatter)
         if not existing:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -179,21 +181,49 @@ def test_plain_lines_name_the_task_and_the_trace() -> None:
     assert line == f"INFO tests.logs: hello world [queue=mail task=t-123 attempt=3 trace={TRACE}]"
 
 
+def test_json_fields_are_keys_of_their_own() -> None:
+    entry = formatted(CloudLoggingFormatter("p"), record(extra={"json_fields": {"a": 1}}))
+    assert entry["a"] == 1
+    assert "json_fields" not in entry
+
+
 # --- Where the library writes ----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def app_without_logging() -> Iterator[None]:
+    """An app that configured no logging: the root logger has no handler (pytest's own,
+    which capture records for its reports and caplog, step aside for the block)."""
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers.clear()
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved
 
 
 def test_a_client_on_google_cloud_writes_the_librarys_records_as_json(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     library = logging.getLogger(LIBRARY_LOGGER)
-    root_handlers = list(logging.getLogger().handlers)
-    Client(dataclasses.replace(STRUCTURED, project="p"))
-    Client(dataclasses.replace(STRUCTURED, project="p"))  # once per process
-    logging.getLogger("cloudtasks_deferred.receive.handler").info("ran it")
+    with app_without_logging():
+        Client(dataclasses.replace(STRUCTURED, project="p"))
+        Client(dataclasses.replace(STRUCTURED, project="p"))  # once per process
+        logging.getLogger("cloudtasks_deferred.receive.handler").info("ran it")
+        assert logging.getLogger().handlers == []  # the root logger is the app's
     lines = capsys.readouterr().err.splitlines()
     assert [json.loads(line)["message"] for line in lines] == ["ran it"]
-    assert library.propagate is False  # written once, not again by the app's handlers
-    assert logging.getLogger().handlers == root_handlers  # the root logger is the app's
+    assert library.propagate is True
+
+
+def test_where_the_app_configured_logging_its_handlers_write_the_librarys_records(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    Client(dataclasses.replace(STRUCTURED, project="p"))
+    logging.getLogger("cloudtasks_deferred.receive.handler").warning("refused it")
+    assert capsys.readouterr().err == ""  # not written twice
+    assert [r.getMessage() for r in caplog.records] == ["refused it"]
 
 
 def test_without_structured_logs_the_library_leaves_logging_alone() -> None:
@@ -206,13 +236,15 @@ def test_without_structured_logs_the_library_leaves_logging_alone() -> None:
 def test_a_level_the_app_set_is_kept(capsys: pytest.CaptureFixture[str]) -> None:
     logging.getLogger(LIBRARY_LOGGER).setLevel(logging.WARNING)
     structure_library_logs(dataclasses.replace(STRUCTURED, project="p"))
-    logging.getLogger("cloudtasks_deferred.x").info("quiet")
-    logging.getLogger("cloudtasks_deferred.x").warning("loud")
+    with app_without_logging():
+        logging.getLogger("cloudtasks_deferred.x").info("quiet")
+        logging.getLogger("cloudtasks_deferred.x").warning("loud")
     assert [json.loads(x)["message"] for x in capsys.readouterr().err.splitlines()] == ["loud"]
 
 
 def test_without_a_project_it_says_what_to_set(capsys: pytest.CaptureFixture[str]) -> None:
-    structure_library_logs(dataclasses.replace(STRUCTURED, project=None))
+    with app_without_logging():
+        structure_library_logs(dataclasses.replace(STRUCTURED, project=None))
     [line] = capsys.readouterr().err.splitlines()
     assert "GOOGLE_CLOUD_PROJECT" in json.loads(line)["message"]
 
