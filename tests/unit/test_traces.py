@@ -228,3 +228,17 @@ def test_a_request_trace_read_by_opentelemetry_follows_its_propagators(
     monkeypatch.setattr(propagate, "_HTTP_TEXT_FORMAT", W3CBaggagePropagator())
     environ = {"HTTP_TRACEPARENT": TRACEPARENT, "HTTP_X_CLOUD_TRACE_CONTEXT": f"{'1' * 32}/7"}
     assert traces.from_environ(environ) == TraceContext("1" * 32, "0000000000000007", False)
+
+
+def test_a_broken_propagator_never_fails_a_defer(
+    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from opentelemetry import propagate
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("propagator bug")
+
+    monkeypatch.setattr(propagate, "inject", broken)
+    with traces.tracing(TraceContext(TRACE, SPAN, sampled=True)):
+        assert traces.task_headers() == {}
+    assert "cannot write the trace into the task" in caplog.text
