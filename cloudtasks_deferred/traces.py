@@ -31,8 +31,8 @@ import contextlib
 import contextvars
 import dataclasses
 import logging
+import os
 import re
-import secrets
 import sys
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
@@ -213,7 +213,7 @@ def task_headers() -> dict[str, str]:
 
 
 def _new_span_id() -> str:
-    while (span := secrets.token_hex(8)) == _ZERO_SPAN:  # pragma: no cover - 2**-64
+    while (span := os.urandom(8).hex()) == _ZERO_SPAN:  # pragma: no cover - 2**-64
         pass
     return span
 
