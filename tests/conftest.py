@@ -17,6 +17,9 @@ from cloudtasks_deferred.receive.deadletters import InMemoryDeadLetters
 from tests.oidc import AUDIENCE, INVOKER, CertsServer, Issuer
 from tests.tasks import RECORDER
 
+# Every log record of the battery, scanned for the tests' tokens, keys and payloads.
+pytest_plugins = ["tests.logscan"]
+
 PACKAGE = "cloudtasks_deferred"
 _VARIABLES = (
     "GOOGLE_CLOUD_PROJECT",
