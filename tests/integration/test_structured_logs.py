@@ -9,9 +9,11 @@ line written to standard error is then parsed as Cloud Logging would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
+from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
 
@@ -136,3 +138,49 @@ def test_a_tasks_log_lines_are_cloud_logging_entries_in_its_requests_trace(
     assert "permanent failure running tests.tasks.fail_permanently" in failure["message"]
     assert "Traceback (most recent call last)" in failure["message"]
     assert failure["logging.googleapis.com/trace"] == resource
+
+
+@contextlib.contextmanager
+def app_without_logging() -> Iterator[None]:
+    """A process whose app configured no logging (gunicorn configures only its own
+    loggers): pytest's root handlers step aside, and werkzeug, the test server, keeps
+    its request lines to itself rather than adding a handler for the session."""
+    root, werkzeug = logging.getLogger(), logging.getLogger("werkzeug")
+    saved, level = root.handlers[:], werkzeug.level
+    root.handlers.clear()
+    werkzeug.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved
+        werkzeug.setLevel(level)
+
+
+def test_where_the_app_configured_no_logging_the_librarys_lines_are_json_all_the_same(
+    server: Server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in CLOUD_RUN.items():
+        monkeypatch.setenv(name, value)
+    with in_memory_queue(Settings.from_env()) as queue, app_without_logging():
+        server.app = wrap_wsgi_app(view)
+        header = {"traceparent": f"00-{TRACE}-{SPAN}-01"}
+        assert requests.get(f"{server.url}/signup", headers=header, timeout=10).ok
+        welcome, _ = queue.tasks
+        assert queue.run_pending() == [HTTPStatus.OK, HTTPStatus.OK]
+
+    lines = capsys.readouterr().err.splitlines()
+    entries = [json.loads(line) for line in lines if line.startswith("{")]
+    # The app's own warning, as Python prints a record no handler takes; its INFO line
+    # is below Python's default level. Neither is the library's to format.
+    assert [line for line in lines if not line.startswith("{")] == ["welcome mail sent"]
+    assert {entry["logger"] for entry in entries} == {"cloudtasks_deferred.receive.handler"}
+    task_name = welcome.name.rsplit("/", 1)[-1]
+    [ran] = [e for e in entries if "ran tests.tasks.log_in_task" in e["message"]]
+    assert ran["severity"] == "INFO"
+    assert ran["logging.googleapis.com/trace"] == f"projects/{PROJECT}/traces/{TRACE}"
+    assert ran["logging.googleapis.com/labels"] == {
+        "queue_name": "default",
+        "task_name": task_name,
+        "attempt": "1",
+    }
+    assert [e["severity"] for e in entries if "permanent failure" in e["message"]] == ["ERROR"]
