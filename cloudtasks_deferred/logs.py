@@ -229,7 +229,8 @@ class _LibraryHandler(_StderrHandler):
 def structure_library_logs(settings: Settings) -> None:
     """Makes the library's own records JSON lines on standard error (the client calls it).
 
-    Once per process: later calls update the project ID. Where the app configured
+    Once per process: later calls update the project ID (without one, the first call
+    warns that lines will carry no trace). Where the app configured
     logging, its handlers write them instead (see the module docstring). If its level
     is not set, the ``cloudtasks_deferred`` logger logs from ``INFO`` (the task
     handler's lines for each task, as the legacy handler logged them).
@@ -247,7 +248,7 @@ def structure_library_logs(settings: Settings) -> None:
             logger.addHandler(handler)
             if logger.level == logging.NOTSET:
                 logger.setLevel(logging.INFO)
-    if not settings.project:
+    if not existing and not settings.project:
         logger.warning(
             "structured logs carry no trace: the project ID is unknown; set "
             "GOOGLE_CLOUD_PROJECT so that log lines group under their request"

@@ -295,3 +295,10 @@ def test_configure_logging_locally_writes_plain_lines(capsys: pytest.CaptureFixt
     [line] = capsys.readouterr().err.splitlines()
     assert line.endswith(" WARNING myapp: careful")
     logging.getLogger("myapp").handlers.clear()
+
+
+def test_the_missing_project_is_said_once(capsys: pytest.CaptureFixture[str]) -> None:
+    with app_without_logging():
+        for _ in range(3):
+            Client(dataclasses.replace(STRUCTURED, project=None))
+    assert len(capsys.readouterr().err.splitlines()) == 1
