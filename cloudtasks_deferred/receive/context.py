@@ -21,12 +21,16 @@ from typing import Any, Final
 from cloudtasks_deferred import traces
 from cloudtasks_deferred.traces import TraceContext
 
-__all__ = ["TaskInfo", "current_task", "running"]
+__all__ = ["TaskInfo", "current_task", "describe_request", "request_scope", "running"]
 
 _PREFIXES: Final = ("HTTP_X_CLOUDTASKS_", "HTTP_X_APPENGINE_")
 
 _current: contextvars.ContextVar[TaskInfo | None] = contextvars.ContextVar(
     "cloudtasks_deferred_current_task", default=None
+)
+# The scope of the task request being handled (request_scope), if any.
+_request: contextvars.ContextVar[contextlib.ExitStack | None] = contextvars.ContextVar(
+    "cloudtasks_deferred_task_request", default=None
 )
 
 
@@ -112,6 +116,29 @@ def running(info: TaskInfo) -> Iterator[TaskInfo]:
         yield info
     finally:
         _current.reset(token)
+
+
+@contextlib.contextmanager
+def request_scope() -> Iterator[None]:
+    """The scope of one task request: what :func:`describe_request` sets ends with it."""
+    with contextlib.ExitStack() as stack:
+        token = _request.set(stack)
+        try:
+            yield
+        finally:
+            _request.reset(token)
+
+
+def describe_request(info: TaskInfo) -> None:
+    """Makes ``info`` the :func:`current_task` until the request's scope ends.
+
+    The handler calls it once the request is authenticated, so that every line logged
+    for the request from then on, its report included, names the task (the labels of
+    :mod:`cloudtasks_deferred.logs`). Outside a :func:`request_scope` it does nothing.
+    """
+    stack = _request.get()
+    if stack is not None:
+        stack.enter_context(running(info))
 
 
 def _short(name: str | None) -> str | None:

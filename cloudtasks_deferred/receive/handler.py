@@ -12,7 +12,8 @@
 4. decodes the payload and runs the callable with :func:`~cloudtasks_deferred.current_task`
    set, the handler's client bound and, when enabled, inside an NDB context;
    the request's trace (:mod:`cloudtasks_deferred.traces`) is current for the whole
-   request, and the task's labels for every line logged once it is authenticated;
+   request, and, once it is authenticated, the task for every line logged until the
+   request ends (its report included), so that structured log lines carry its labels;
 5. maps the outcome to a status (:mod:`cloudtasks_deferred.receive.outcomes` holds the
    table; Cloud Tasks retries every non-2xx), and reports it
    (:mod:`cloudtasks_deferred.receive.reporting`).
@@ -30,6 +31,7 @@ from typing import Any, Final, TypeVar
 from cloudtasks_deferred import limits, traces
 from cloudtasks_deferred.errors import ConfigurationError
 from cloudtasks_deferred.payload.calls import OpenedPayload
+from cloudtasks_deferred.receive import context
 from cloudtasks_deferred.receive.auth import AuthenticationError, CertsUnavailableError
 from cloudtasks_deferred.receive.context import TaskInfo, running
 from cloudtasks_deferred.receive.outcomes import Attempt, Outcome, response_for
@@ -151,18 +153,18 @@ class TaskHandler:
         Returns:
             ``(body, status, headers)`` per the module's status table.
         """
-        attempts: list[Attempt] = []
-        token = _ATTEMPTS.set(attempts)
-        try:
-            with traces.tracing(traces.from_environ(environ)):
+        with traces.tracing(traces.from_environ(environ)), context.request_scope():
+            attempts: list[Attempt] = []
+            token = _ATTEMPTS.set(attempts)
+            try:
                 return self.run_from_request(environ)
-        except Exception as exc:
-            attempt = next((a for a in attempts if a.error is exc), None)
-            if attempt is None:
-                attempt = self._conclude_override(environ, exc)
-            return response_for(attempt.outcome, attempt.detail)
-        finally:
-            _ATTEMPTS.reset(token)
+            except Exception as exc:
+                attempt = next((a for a in attempts if a.error is exc), None)
+                if attempt is None:
+                    attempt = self._conclude_override(environ, exc)
+                return response_for(attempt.outcome, attempt.detail)
+            finally:
+                _ATTEMPTS.reset(token)
 
     def run_from_request(self, environ: Mapping[str, Any]) -> Response:
         """Like :meth:`post`, but raises what the task raised.
@@ -196,10 +198,7 @@ class TaskHandler:
         try:
             client = self._resolve()
             task = TaskInfo.from_environ(environ)
-            with traces.tracing(task.trace), running(task):
-                return conclude(
-                    client.dead_letters, task, None, payload=None, error=error, elapsed=0.0
-                )
+            return conclude(client.dead_letters, task, None, payload=None, error=error, elapsed=0.0)
         except Exception:
             _logger.exception(
                 "cannot record what %s.run_from_request raised: %r; Cloud Tasks will retry",
@@ -217,10 +216,10 @@ class TaskHandler:
             return body_or_refusal
         body = body_or_refusal
         task = TaskInfo.from_environ(environ)
-        with running(task):  # its report, too, is logged with the task's labels
-            level = self._header_log_level or HEADER_LOG_LEVEL.get()
-            _logger.log(level, "%s", TaskInfo.headers_for_log(environ))
-            return self._run(client, task, body)
+        context.describe_request(task)  # authenticated: what is logged now is the task's
+        level = self._header_log_level or HEADER_LOG_LEVEL.get()
+        _logger.log(level, "%s", TaskInfo.headers_for_log(environ))
+        return self._run(client, task, body)
 
     def _read_body(self, environ: Mapping[str, Any]) -> bytes | Attempt:
         raw_length = environ.get("CONTENT_LENGTH") or ""
@@ -252,7 +251,7 @@ class TaskHandler:
         payload: OpenedPayload | None = None
         error: Exception | None = None
         try:
-            with client.bind(), client.ndb_context():
+            with client.bind(), running(task), client.ndb_context():
                 payload = client.open_payload(body)
                 entry = payload.run_entry
                 if entry is None:

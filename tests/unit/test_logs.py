@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import logging
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from http import HTTPStatus
 from typing import Any
 
 import pytest
 
-from cloudtasks_deferred import Client, Settings
+from cloudtasks_deferred import Client, Handler, Settings, deferred
 from cloudtasks_deferred.errors import ConfigurationError
 from cloudtasks_deferred.logs import (
     LIBRARY_LOGGER,
@@ -25,8 +27,9 @@ from cloudtasks_deferred.logs import (
 )
 from cloudtasks_deferred.receive.context import TaskInfo, running
 from cloudtasks_deferred.settings import Platform
-from cloudtasks_deferred.testing import TEST_SETTINGS
+from cloudtasks_deferred.testing import TEST_SETTINGS, in_memory_queue
 from cloudtasks_deferred.traces import TraceContext, tracing
+from tests import tasks
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
@@ -302,3 +305,55 @@ def test_the_missing_project_is_said_once(capsys: pytest.CaptureFixture[str]) ->
         for _ in range(3):
             Client(dataclasses.replace(STRUCTURED, project=None))
     assert len(capsys.readouterr().err.splitlines()) == 1
+
+
+def test_the_handlers_lines_for_a_task_carry_its_labels_and_its_trace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(CloudLoggingFormatter("p"))
+    library = logging.getLogger(LIBRARY_LOGGER)
+    library.setLevel(logging.INFO)
+    monkeypatch.setattr(library, "handlers", [handler])
+    with in_memory_queue() as queue:
+        with tracing(TraceContext(TRACE, SPAN, sampled=True)):
+            deferred.defer(tasks.record, 1)
+        [task] = queue.tasks
+        assert queue.run_pending() == [HTTPStatus.OK]
+    entries = [json.loads(line) for line in stream.getvalue().splitlines()]
+    # The task's headers, then its report: both after authentication, both the task's.
+    headers_line, report = [e for e in entries if e["logger"].endswith("receive.handler")]
+    task_name = task.name.rsplit("/", 1)[-1]
+    carried = dict(task.http_request.headers)["traceparent"].split("-")[2]
+    for entry in (headers_line, report):
+        assert entry["logging.googleapis.com/labels"] == {
+            "queue_name": "default",
+            "task_name": task_name,
+            "attempt": "1",
+        }
+        assert entry["logging.googleapis.com/trace"] == f"projects/p/traces/{TRACE}"
+        assert entry["logging.googleapis.com/spanId"] == carried
+    assert "ran tests.tasks.record" in report["message"]
+
+
+def test_a_refused_request_is_logged_with_its_trace_but_no_task_labels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(CloudLoggingFormatter("p"))
+    monkeypatch.setattr(logging.getLogger(LIBRARY_LOGGER), "handlers", [handler])
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "HTTP_TRACEPARENT": f"00-{TRACE}-{SPAN}-01",
+        "HTTP_X_CLOUDTASKS_TASKNAME": "forged",  # unauthenticated: not the request's task
+        "wsgi.input": io.BytesIO(b"x"),
+        "CONTENT_LENGTH": "1",
+    }
+    _, status, _ = Handler(TEST_SETTINGS).post(environ)
+    assert status == HTTPStatus.FORBIDDEN
+    [entry] = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert entry["severity"] == "WARNING"
+    assert entry["logging.googleapis.com/spanId"] == SPAN
+    assert "logging.googleapis.com/labels" not in entry
