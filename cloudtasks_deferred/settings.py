@@ -42,6 +42,11 @@ variable                                  meaning (default)
 ``CLOUDTASKS_DEFERRED_NDB``               ``true``/``false``/``auto``: run tasks and wrapped
                                           requests in an NDB context (``auto``: when
                                           google-cloud-ndb is installed)
+``CLOUDTASKS_DEFERRED_STRUCTURED_LOGS``   ``true``/``false``/``auto``: the library's log
+                                          records as JSON lines for Cloud Logging, with
+                                          the request's trace and the task's labels
+                                          (``auto``: on App Engine and Cloud Run; see
+                                          :mod:`cloudtasks_deferred.logs`)
 ``CLOUDTASKS_DEFERRED_SIGNING_KEYS``      comma-separated ``key_id:base64url-secret``: sign
                                           payloads with the first, require one of them
                                           (none; see :mod:`cloudtasks_deferred.payload.signing`)
@@ -56,11 +61,6 @@ variable                                  meaning (default)
 ``PAYLOADS``                              version of the app can run, during a split-
                                           traffic migration (false; App Engine targets
                                           only, unsigned)
-``CLOUDTASKS_DEFERRED_STRUCTURED_LOGS``   ``true``/``false``/``auto``: the library's log
-                                          records as JSON lines for Cloud Logging, with
-                                          the request's trace and the task's labels
-                                          (``auto``: on App Engine and Cloud Run; see
-                                          :mod:`cloudtasks_deferred.logs`)
 ========================================  ==================================================
 
 The platform is detected from the variables the platforms set: ``GAE_ENV=standard``
@@ -134,12 +134,12 @@ _ENV_NAMES: Final = {
     "dev_mode": f"{_PREFIX}DEV_MODE",
     "dev_key_file": f"{_PREFIX}DEV_KEY_FILE",
     "ndb": f"{_PREFIX}NDB",
+    "structured_logs": f"{_PREFIX}STRUCTURED_LOGS",
     "signing_keys": f"{_PREFIX}SIGNING_KEYS",
     "allowed_modules": ALLOWED_MODULES_VARIABLE,
     "payload_max_age": f"{_PREFIX}PAYLOAD_MAX_AGE",
     "require_bound_payloads": f"{_PREFIX}REQUIRE_BOUND_PAYLOADS",
     "cross_compatible_payloads": f"{_PREFIX}CROSS_COMPATIBLE_PAYLOADS",
-    "structured_logs": f"{_PREFIX}STRUCTURED_LOGS",
 }
 
 #: Every variable :meth:`Settings.from_env` reads (the table above, the platforms'
@@ -261,6 +261,11 @@ class Settings:
         ndb: Whether tasks (and requests through ``wrap_wsgi_app``) run in an NDB
             context: ``True``, ``False``, or ``None`` for "when google-cloud-ndb is
             installed".
+        structured_logs: The library writes its log records as JSON lines for Cloud
+            Logging (:mod:`cloudtasks_deferred.logs`) instead of leaving them to the
+            app's logging configuration. :meth:`from_env` turns it on on App Engine
+            and Cloud Run unless the variable says otherwise; direct construction
+            leaves it off.
         signing_keys: Keys for payload signatures: ``defer`` signs with the first,
             the handler refuses payloads not signed by one of them. Empty: payloads
             are neither signed nor checked.
@@ -275,11 +280,6 @@ class Settings:
             this library's), for the time a Python 2 and a Python 3 version share
             traffic. Only for App Engine targets, and never signed: it cannot be
             combined with ``base_url`` or ``signing_keys``.
-        structured_logs: The library writes its log records as JSON lines for Cloud
-            Logging (:mod:`cloudtasks_deferred.logs`) instead of leaving them to the
-            app's logging configuration. :meth:`from_env` turns it on on App Engine
-            and Cloud Run unless the variable says otherwise; direct construction
-            leaves it off.
 
     Raises:
         ConfigurationError: A value is invalid; the message names the field and its
@@ -302,12 +302,12 @@ class Settings:
     dev_mode: bool = False
     dev_key_file: Path | None = None
     ndb: bool | None = None
+    structured_logs: bool = False
     signing_keys: tuple[SigningKey, ...] = ()
     allowed_modules: tuple[str, ...] = ()
     payload_max_age: float = binding.DEFAULT_MAX_AGE
     require_bound_payloads: bool = False
     cross_compatible_payloads: bool = False
-    structured_logs: bool = False
 
     def __post_init__(self) -> None:
         if self.project is not None:
@@ -415,6 +415,8 @@ class Settings:
             dev_mode=_flag("dev_mode", get("dev_mode"), default=False) or False,
             dev_key_file=Path(dev_key) if dev_key else _default_dev_key_file(env),
             ndb=_flag("ndb", get("ndb"), default=None, allow_auto=True),
+            # auto (or unset): JSON on Google Cloud, left to the app elsewhere.
+            structured_logs=platform is not Platform.LOCAL if structured is None else structured,
             signing_keys=parse_signing_keys(
                 get("signing_keys"), variable=_ENV_NAMES["signing_keys"]
             ),
@@ -429,8 +431,6 @@ class Settings:
                 "cross_compatible_payloads", get("cross_compatible_payloads"), default=False
             )
             or False,
-            # auto (or unset): JSON on Google Cloud, left to the app elsewhere.
-            structured_logs=platform is not Platform.LOCAL if structured is None else structured,
         )
 
     @functools.cached_property
