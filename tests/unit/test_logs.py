@@ -245,7 +245,11 @@ def test_a_level_the_app_set_is_kept(capsys: pytest.CaptureFixture[str]) -> None
     assert [json.loads(x)["message"] for x in capsys.readouterr().err.splitlines()] == ["loud"]
 
 
-def test_without_a_project_it_says_what_to_set(capsys: pytest.CaptureFixture[str]) -> None:
+def test_without_a_project_it_says_what_to_set(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A process where no client has structured the library's logs yet.
+    monkeypatch.setattr(logging.getLogger(LIBRARY_LOGGER), "handlers", [])
     with app_without_logging():
         structure_library_logs(dataclasses.replace(STRUCTURED, project=None))
     [line] = capsys.readouterr().err.splitlines()
@@ -300,7 +304,10 @@ def test_configure_logging_locally_writes_plain_lines(capsys: pytest.CaptureFixt
     logging.getLogger("myapp").handlers.clear()
 
 
-def test_the_missing_project_is_said_once(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_missing_project_is_said_once(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logging.getLogger(LIBRARY_LOGGER), "handlers", [])
     with app_without_logging():
         for _ in range(3):
             Client(dataclasses.replace(STRUCTURED, project=None))
