@@ -94,6 +94,12 @@ def paused_queue_client(emulator_host: str) -> tuple[Client, Any]:
     """
     api = shared_client(emulator_host)
     api.pause_queue(name=QUEUE)
+    return bench_client(api, emulator_host), api
+
+
+def bench_client(api: Any, emulator_host: str | None = None) -> Client:
+    """A client that defers HTTP tasks into :data:`QUEUE` through ``api``, a
+    ``CloudTasksClient``."""
     settings = Settings(
         project=PROJECT,
         location="us-central1",
@@ -103,7 +109,7 @@ def paused_queue_client(emulator_host: str) -> tuple[Client, Any]:
         emulator_host=emulator_host,
         ndb=False,
     )
-    return Client(settings, transport=CloudTasksTransport(client=api)), api
+    return Client(settings, transport=CloudTasksTransport(client=api))
 
 
 @contextlib.contextmanager
