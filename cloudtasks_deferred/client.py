@@ -72,7 +72,9 @@ class Client:
         transport: Where tasks go; the Cloud Tasks API (or the emulator named in the
             settings) when ``None``.
         authenticator: Who may run tasks; built from the settings when ``None``.
-        dead_letters: Receives tasks given up on; logged when ``None``.
+        dead_letters: Receives tasks given up on; when ``None``, the store
+            ``CLOUDTASKS_DEFERRED_DEAD_LETTERS`` names (Datastore when NDB is
+            available, else the log).
 
     Raises:
         ConfigurationError: ``settings`` is ``None`` and the environment is invalid.

@@ -80,7 +80,7 @@ def test_an_undecodable_stored_payload_keeps_its_entity_and_is_logged(
     assert "private argument" not in caplog.text
     assert isinstance(client.dead_letters, InMemoryDeadLetters)
     [letter] = client.dead_letters.letters
-    assert letter.task.task_name == "legacy-1"
+    assert letter.task_name == "legacy-1"
     assert "Key('_DeferredTaskEntity', 5150)" in letter.reason
     assert "the entity is kept" in letter.reason
 
