@@ -42,7 +42,7 @@ import hashlib
 import secrets
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 
 from cloudtasks_deferred.errors import DeadLetterError
 
@@ -357,6 +357,7 @@ class DeadLetterSink(Protocol):
         ...
 
 
+@runtime_checkable
 class DeadLetterStore(DeadLetterSink, Protocol):
     """A sink whose records can be read back, replayed and purged: the operator's side."""
 
