@@ -35,7 +35,7 @@ __all__ = ["CommandError", "add_dead_letters", "open_dead_letters"]
 
 _COMMAND: Final = "dead-letters"
 _EXIT_CODES: Final = (
-    "Exit codes: 0 done, 1 {failure}, an invalid configuration, dead letters that are "
+    "Exit codes: 0 done, 1 {failure}an invalid configuration, dead letters that are "
     "only logged (CLOUDTASKS_DEFERRED_DEAD_LETTERS=log) or no access to Datastore, "
     "2 usage, 3 google-cloud-ndb is not installed."
 )
@@ -92,7 +92,8 @@ def add_dead_letters(commands: Any, *, opener: Callable[[], DeadLetters] | None 
             "_retry_options, a body that is not a payload) or whose payload the allowlist "
             "refused, as recorded in Datastore (CLOUDTASKS_DEFERRED_DEAD_LETTERS). "
             "Configured from the environment, like the service. Nothing is run here: "
-            "replay enqueues the tasks again, for the service to run."
+            "replay enqueues the tasks again, for the service to run. Exit codes: see each "
+            "command's --help; 2 usage (also no command given)."
         ),
     )
     verbs = top.add_subparsers(title="commands", metavar="COMMAND")
@@ -102,7 +103,7 @@ def add_dead_letters(commands: Any, *, opener: Callable[[], DeadLetters] | None 
         "list",
         help="list dead letters, most recent first",
         description="Lists dead letters, most recently failed first. "
-        + _EXIT_CODES.format(failure="(not used)"),
+        + _EXIT_CODES.format(failure=""),
     )
     listing.add_argument("--queue", type=cli_args.queue_id, help="only this queue's")
     listing.add_argument(
@@ -128,7 +129,7 @@ def add_dead_letters(commands: Any, *, opener: Callable[[], DeadLetters] | None 
         description=(
             "Shows a dead letter's record and its payload as `inspect` reads it: the "
             "pickle is disassembled, never unpickled. The output shows argument values: "
-            "treat it like the payload. " + _EXIT_CODES.format(failure="no such record")
+            "treat it like the payload. " + _EXIT_CODES.format(failure="no such record, ")
         ),
     )
     show.add_argument("id", metavar="ID", help="the record's ID, as list prints it")
@@ -142,7 +143,10 @@ def add_dead_letters(commands: Any, *, opener: Callable[[], DeadLetters] | None 
             "signed afresh with the signing keys of the environment. Crash-safe: run an "
             "interrupted replay again (promptly) and it resumes. A record whose task its "
             "queue ran later (resolved), or replayed already, is not replayed. "
-            + _EXIT_CODES.format(failure="a record that does not exist or cannot be replayed")
+            + _EXIT_CODES.format(
+                failure="a record that does not exist or cannot be replayed, a task Cloud "
+                "Tasks refused, "
+            )
         ),
     )
     replay.add_argument("ids", nargs="*", metavar="ID", help="the records to replay")
@@ -156,8 +160,7 @@ def add_dead_letters(commands: Any, *, opener: Callable[[], DeadLetters] | None 
         help="delete old dead letters",
         description=(
             "Deletes the records last recorded more than DURATION ago, whatever their "
-            "status, and the oversized payloads they kept. "
-            + _EXIT_CODES.format(failure="(not used)")
+            "status, and the oversized payloads they kept. " + _EXIT_CODES.format(failure="")
         ),
     )
     purge.add_argument(
@@ -280,6 +283,7 @@ def _why(error: BaseException | None) -> str:
 
 def _record(letter: DeadLetter) -> str:
     fields = letter.as_json(traceback=False)
+    fields = {"id": fields.pop("id"), "status": fields.pop("status"), **fields}
     headers = fields.pop("headers")
     lines = [f"{name:<18}{_shown(value)}" for name, value in fields.items() if value is not None]
     lines += [f"header            {name}: {value}" for name, value in headers.items()]
