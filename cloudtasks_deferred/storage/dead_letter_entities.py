@@ -212,7 +212,7 @@ def _entities(*, since: datetime | None, before: datetime | None) -> Iterator[An
         query = query.filter(model.last_failed_at >= since)
     if before is not None:
         query = query.filter(model.last_failed_at < before)
-    keys = query.order(-model.last_failed_at).iter(keys_only=True, batch_size=100)
+    keys = query.order(-model.last_failed_at).iter(keys_only=True)
     while batch := list(itertools.islice(keys, _BATCH)):
         for entity in ndb.get_multi(batch, **entities.NO_CACHE):
             if entity is not None:  # deleted since the query ran
