@@ -6,8 +6,8 @@ exhausted ``_retry_options``) and for every payload the allowlist refuses
 (:mod:`cloudtasks_deferred.receive.reporting` decides which), through the client's
 sink (:mod:`cloudtasks_deferred.storage.dead_letter_sinks`, chosen by
 ``CLOUDTASKS_DEFERRED_DEAD_LETTERS``). The sink is bound to the request
-(:meth:`RequestDeadLetters.bind`) so that the record says where the task was
-delivered and with which headers, for a replay. **Credentials are never recorded**:
+(:class:`RequestDeadLetters`) so that the record says where the task was delivered
+and with which headers, for a replay. **Credentials are never recorded**:
 ``Authorization``, cookies, and every header whose name says auth, token, key,
 secret, session, password, credential, signature, JWT or assertion, or whose value
 is a bearer or basic credential or a JWT, are dropped (:func:`recorded_headers`).
@@ -118,36 +118,20 @@ def _is_credential(name: str, value: str) -> bool:
 class RequestDeadLetters:
     """A sink bound to one request: its records say where and how the task came.
 
+    What the request says is read only when a letter is recorded (most tasks never
+    are). An App Engine task (on App Engine, with App Engine's queue headers) records
+    its relative URI and service; an HTTP task its URL, on the configured base URL's
+    origin when there is one (the URL tasks are sent to), else on the request's.
+
     Attributes:
         sink: The client's sink.
-        url: The absolute URL of an HTTP task; the relative URI of an App Engine task.
-        app_engine_service: For an App Engine task, the service that received it.
-        headers: The request's headers, credentials removed (:func:`recorded_headers`).
+        environ: The request's WSGI environ.
+        settings: The client's settings.
     """
 
     sink: DeadLetterSink
-    url: str | None
-    app_engine_service: str | None
-    headers: tuple[tuple[str, str], ...]
-
-    @classmethod
-    def bind(
-        cls, sink: DeadLetterSink, environ: Mapping[str, Any], settings: Settings
-    ) -> RequestDeadLetters:
-        """Binds ``sink`` to the request ``environ`` describes.
-
-        An App Engine task (on App Engine, with App Engine's queue headers) records
-        its relative URI and service; an HTTP task its URL, on the configured base
-        URL's origin when there is one (the URL tasks are sent to), else on the
-        request's.
-        """
-        relative = _relative_uri(environ)
-        if settings.platform is Platform.APP_ENGINE and environ.get("HTTP_X_APPENGINE_QUEUENAME"):
-            return cls(
-                sink, relative, settings.app_engine_service or "default", recorded_headers(environ)
-            )
-        origin = settings.base_origin if settings.base_url else _origin(environ)
-        return cls(sink, origin + relative, None, recorded_headers(environ))
+    environ: Mapping[str, Any]
+    settings: Settings
 
     @property
     def keeps_payloads(self) -> bool:
@@ -155,14 +139,17 @@ class RequestDeadLetters:
         return self.sink.keeps_payloads
 
     def record(self, letter: DeadLetter) -> None:
-        """Records ``letter`` with the request's URL and headers."""
+        """Records ``letter`` with the request's URL, service and headers."""
+        environ, settings = self.environ, self.settings
+        relative = _relative_uri(environ)
+        if settings.platform is Platform.APP_ENGINE and environ.get("HTTP_X_APPENGINE_QUEUENAME"):
+            url, service = relative, settings.app_engine_service or "default"
+        else:
+            origin = settings.base_origin if settings.base_url else _origin(environ)
+            url, service = origin + relative, None
+        headers = recorded_headers(environ)
         self.sink.record(
-            dataclasses.replace(
-                letter,
-                url=self.url,
-                app_engine_service=self.app_engine_service,
-                headers=self.headers,
-            )
+            dataclasses.replace(letter, url=url, app_engine_service=service, headers=headers)
         )
 
     def claim(self, letter_id: str) -> bool:

@@ -194,7 +194,7 @@ class TaskHandler:
         try:
             client = self._resolve()
             task = TaskInfo.from_environ(environ)
-            sink = RequestDeadLetters.bind(client.dead_letters, environ, client.settings)
+            sink = RequestDeadLetters(client.dead_letters, environ, client.settings)
             return conclude(sink, task, None, payload=None, error=error, elapsed=0.0)
         except Exception:
             _logger.exception(
@@ -215,7 +215,7 @@ class TaskHandler:
         task = TaskInfo.from_environ(environ)
         level = self._header_log_level or HEADER_LOG_LEVEL.get()
         _logger.log(level, "%s", TaskInfo.headers_for_log(environ))
-        sink = RequestDeadLetters.bind(client.dead_letters, environ, client.settings)
+        sink = RequestDeadLetters(client.dead_letters, environ, client.settings)
         return self._run(client, task, body, sink)
 
     def _read_body(self, environ: Mapping[str, Any]) -> bytes | Attempt:
