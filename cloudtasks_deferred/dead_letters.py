@@ -33,7 +33,9 @@ A replay interrupted anywhere leaves the record, ``replaying``; replaying it aga
 resumes with the same number. The payload is framed again: its retry limits count
 from the replay, and with signing keys it is signed afresh — with the destination it
 was bound to and a new issue time, so that the handler's maximum age
-(``CLOUDTASKS_DEFERRED_PAYLOAD_MAX_AGE``) counts from the replay. So the operator runs
+(``CLOUDTASKS_DEFERRED_PAYLOAD_MAX_AGE``) counts from the replay. A transactional
+task's replay runs outside its outbox guard, whose entry went when the task was given
+up: the dead letter's claim, and the replay's task name, stand in for it. So the operator runs
 with the service's configuration: its signing keys, project, location, base URL and
 service account. A signed payload is verified first and never signed if it does not
 verify, and an unsigned one is not signed. A payload too large for a task is copied
@@ -58,7 +60,7 @@ from typing import TYPE_CHECKING, Any, Final
 from cloudtasks_deferred.client import Client, current_client
 from cloudtasks_deferred.errors import ConfigurationError, DeadLetterError, TaskAlreadyExistsError
 from cloudtasks_deferred.payload import binding
-from cloudtasks_deferred.payload.calls import RUN_FROM_DATASTORE, library_call
+from cloudtasks_deferred.payload.calls import RUN_ENTRY, RUN_FROM_DATASTORE, library_call
 from cloudtasks_deferred.payload.frame import (
     InvalidPayloadError,
     PayloadSignatureError,
@@ -365,6 +367,9 @@ class DeadLetters:
         metadata: dict[str, Any] = dict(decoded.metadata)
         if STARTED_KEY in metadata:
             metadata[STARTED_KEY] = now  # its own retry limits count from the replay
+        # A transactional task's run entry is gone once it was given up: its guard would
+        # take the replay for a duplicate. The dead letter's claim guards the replay.
+        metadata.pop(RUN_ENTRY, None)
         if settings.signing_key is not None:
             bound = metadata.get(binding.DESTINATION)
             metadata = binding.bind(metadata, bound if isinstance(bound, str) else destination, now)

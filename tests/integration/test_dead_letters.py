@@ -301,3 +301,27 @@ def test_an_oversized_payload_is_kept_for_its_dead_letter_and_replayed(
         assert queue.run_pending() == [HTTPStatus.OK]
     assert dead_letter_tasks.runs(report) == [f"{len(blob)} {hashlib.sha256(blob).hexdigest()}"]
     assert counts() == {}  # run: its copy deleted
+
+
+def test_a_transactional_task_given_up_is_replayed_outside_its_spent_guard(
+    datastore: DatastoreEmulator, tmp_path: Path
+) -> None:
+    flag, report = tmp_path / "fixed", str(tmp_path / "runs.txt")
+    with in_memory_queue(dataclasses.replace(TEST_SETTINGS, project=PROJECT)) as queue:
+        with ndb.Client(project=PROJECT).context():
+            ndb.transaction(
+                lambda: queue.client.defer(
+                    dead_letter_tasks.append_once_fixed,
+                    str(flag),
+                    report,
+                    "transactional",
+                    _transactional=True,
+                )
+            )
+        assert queue.run_pending() == [HTTPStatus.OK]
+        assert counts() == {}  # its guard's entries are gone: it was given up
+        [dead] = queue.dead_letters
+        flag.touch()
+        DeadLetters(queue.client).replay(dead.id)
+        assert queue.run_pending() == [HTTPStatus.OK]
+    assert dead_letter_tasks.runs(report) == ["transactional"]
