@@ -8,7 +8,8 @@ Three implementations of :class:`~cloudtasks_deferred.storage.dead_letters.DeadL
   :class:`~cloudtasks_deferred.storage.dead_letters.DeadLetterStore`);
 * :class:`LoggingDeadLetters` logs each record at ERROR on the
   ``cloudtasks_deferred.dead_letters`` logger, without its payload (route it with a
-  Cloud Logging sink): nothing can be replayed;
+  Cloud Logging sink): nothing can be replayed (and a refused payload keeps to the
+  handler's one warning);
 * :class:`InMemoryDeadLetters` keeps them in a dict, for tests (a store too).
 
 :func:`sink_for` picks one from ``CLOUDTASKS_DEFERRED_DEAD_LETTERS``
@@ -34,6 +35,7 @@ from typing import Any
 from cloudtasks_deferred.settings import DeadLetterStorage, Settings
 from cloudtasks_deferred.storage.datastore import Datastore, ndb_installed
 from cloudtasks_deferred.storage.dead_letters import (
+    Cause,
     DeadLetter,
     DeadLetterSink,
     Status,
@@ -65,14 +67,18 @@ class LoggingDeadLetters:
     """Logs dead letters at ERROR, as structured records (``extra={"json_fields": ...}``).
 
     The log line names the task, the callable and the payload's size and SHA-256,
-    never its bytes or arguments. Nothing is kept: :meth:`claim` always allows.
+    never its bytes or arguments. A payload the allowlist refused is not logged again:
+    the handler's warning is its record (it is retried, and nothing could replay it
+    from a log). Nothing is kept: :meth:`claim` always allows.
     """
 
     logger = logging.getLogger("cloudtasks_deferred.dead_letters")
     keeps_payloads = False
 
     def record(self, letter: DeadLetter) -> None:
-        """Logs ``letter``."""
+        """Logs ``letter`` (a refusal: see the class docstring)."""
+        if letter.cause is Cause.REFUSED:
+            return
         self.logger.error(
             "dead letter: task %s on queue %s (%s; payload %s bytes, sha256 %s): %s",
             letter.task_name,

@@ -253,6 +253,14 @@ def test_the_logging_sink_logs_the_record_without_its_payload(
     assert sink.claim("anything") is True  # nothing kept: nothing replayed
 
 
+def test_the_logging_sink_leaves_a_refusal_to_the_handlers_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="cloudtasks_deferred"):
+        LoggingDeadLetters().record(letter(cause=Cause.REFUSED))
+    assert caplog.records == []
+
+
 # The setting, and the sink it picks.
 
 
