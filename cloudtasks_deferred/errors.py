@@ -29,8 +29,9 @@ Invalid arguments to :func:`~cloudtasks_deferred.defer` raise the built-in
 Tasks API itself propagate as ``google.api_core.exceptions.GoogleAPICallError``
 with a note saying what to check. ``defer`` warns, without raising, with
 ``payload.retry.RetryOptionsWarning`` when a task's retry options hold backoff, which Cloud
-Tasks sets per queue. The development tools (the emulators, the CLI's
-``dev`` and ``inspect``) raise their own errors, which the CLI turns into exit codes.
+Tasks sets per queue. The development tools (the emulators, the CLI's ``dev``,
+``inspect`` and ``dead-letters``) raise their own errors, which the CLI turns into exit
+codes.
 """
 
 from __future__ import annotations
