@@ -15,8 +15,11 @@ BENCHMARKS = {
     "P3": "benchmarks.p3_auth_throughput",
     "P4": "benchmarks.p4_cert_fetches",
     "P5": "benchmarks.p5_cold_start",
+    "P6": "benchmarks.p6_bulk_enqueue",
     "P7": "benchmarks.p7_large_payloads",
     "P8": "benchmarks.p8_checked_decoding",
+    "R1": "benchmarks.r1_load",
+    "R2": "benchmarks.r2_reconnect",
 }
 
 

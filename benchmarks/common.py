@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cloudtasks_deferred import Client, Settings
-from cloudtasks_deferred.enqueue.transports.cloud_tasks import CloudTasksTransport, shared_client
+from cloudtasks_deferred.enqueue.transports.cloud_tasks import (
+    CloudTasksTransport,
+    shared_client,
+)
 from cloudtasks_deferred.settings import queue_path
 
 #: Where the emulator benchmarks enqueue: a queue kept paused, so nothing dispatches.
@@ -89,6 +94,12 @@ def paused_queue_client(emulator_host: str) -> tuple[Client, Any]:
     """
     api = shared_client(emulator_host)
     api.pause_queue(name=QUEUE)
+    return bench_client(api, emulator_host), api
+
+
+def bench_client(api: Any, emulator_host: str | None = None) -> Client:
+    """A client that defers HTTP tasks into :data:`QUEUE` through ``api``, a
+    ``CloudTasksClient``."""
     settings = Settings(
         project=PROJECT,
         location="us-central1",
@@ -98,4 +109,20 @@ def paused_queue_client(emulator_host: str) -> tuple[Client, Any]:
         emulator_host=emulator_host,
         ndb=False,
     )
-    return Client(settings, transport=CloudTasksTransport(client=api)), api
+    return Client(settings, transport=CloudTasksTransport(client=api))
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """Sets environment variables for the block (google-cloud-ndb reads the emulator's
+    address from the environment), then restores them."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

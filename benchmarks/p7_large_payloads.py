@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
-import os
 import random
 import time
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from cloudtasks_deferred.enqueue.tasks import create_task, task_builder
 from cloudtasks_deferred.payload.calls import serialize
 from cloudtasks_deferred.payload.frame import decode
 
-from .common import PROJECT, QUEUE, Result, interleaved, median, paused_queue_client
+from .common import PROJECT, QUEUE, Result, environment, interleaved, median, paused_queue_client
 from .tasks import process_blob
 
 INLINE_BYTES = 600 * 1024
@@ -67,28 +66,13 @@ class RpcCounter:
         return sum(self.calls.values())
 
 
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    # google-cloud-ndb reads the emulator's address from the environment.
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def run(quick: bool = False) -> list[Result]:
     rounds = 4 if quick else 16
     inline_defers = 5 if quick else 20
     with (
         DatastoreEmulator(project=PROJECT) as datastore,
         CloudTasksEmulator(queues=[QUEUE]) as tasks_emulator,
-        _environment(datastore.env),
+        environment(datastore.env),
     ):
         from google.cloud import ndb
 

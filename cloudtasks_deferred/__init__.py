@@ -19,8 +19,10 @@ from cloudtasks_deferred import deferred
 from cloudtasks_deferred.client import Client
 from cloudtasks_deferred.dead_letters import DeadLetters
 from cloudtasks_deferred.deferred import (
+    Call,
     application,
     defer,
+    defer_many,
     invoke_member,
     run,
     run_from_datastore,
@@ -60,6 +62,9 @@ __all__ = [
     "serialize",
     "set_log_level",
     "wrap_wsgi_app",
+    # Bulk enqueue: many defer calls, their round trips to Cloud Tasks at once.
+    "Call",
+    "defer_many",
     # Exceptions: the legacy names, then this library's.
     "Error",
     "PermanentTaskFailure",

@@ -30,11 +30,12 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from cloudtasks_deferred.dev_key import DevKey
+from cloudtasks_deferred.enqueue.bulk import DEFAULT_MAX_WORKERS, Call, enqueue_many
 from cloudtasks_deferred.enqueue.sender import Sender
 from cloudtasks_deferred.payload.allowlist import RUN_FROM_DATASTORE
 from cloudtasks_deferred.payload.calls import OpenedPayload
@@ -127,6 +128,12 @@ class Client:
         from cloudtasks_deferred.enqueue.defer import enqueue
 
         return enqueue(self, obj, args, kwargs)
+
+    def defer_many(
+        self, calls: Iterable[Call], *, max_workers: int = DEFAULT_MAX_WORKERS, **options: Any
+    ) -> list[tasks_v2.Task | Exception]:
+        """Enqueues many calls at once; see :func:`cloudtasks_deferred.defer_many`."""
+        return enqueue_many(self, calls, max_workers=max_workers, options=options)
 
     def open_payload(self, body: bytes) -> OpenedPayload:
         """Decodes a task body (:meth:`.Receiver.open_payload`)."""

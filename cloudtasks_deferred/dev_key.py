@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
 from cloudtasks_deferred._memo import once_per_process
+from cloudtasks_deferred.errors import ConfigurationError
 
 __all__ = ["DEV_INVOKER", "DevKey", "dev_key"]
 
@@ -27,6 +29,7 @@ DEV_INVOKER: Final = "dev-invoker@cloudtasks-deferred.localhost"
 #: How long a dev token stays valid after the task's scheduled time.
 DEV_TOKEN_LIFETIME: Final = timedelta(hours=1)
 _KEY_BITS: Final = 2048
+_DEV_KEY_FILE: Final = "CLOUDTASKS_DEFERRED_DEV_KEY_FILE"
 
 
 class DevKey:
@@ -58,18 +61,39 @@ class DevKey:
     def load_or_create(cls, path: Path) -> DevKey:
         """Reads the key at ``path``, creating it (mode 0600) if it does not exist.
 
+        Any number of processes may call this at once: the key is written whole to a
+        temporary file beside ``path`` and then linked to ``path``, which fails if
+        another process got there first, whose key is then read. A reader never sees
+        a half-written file, and every process ends up with the same key (a rename
+        would let a later process replace a key an earlier one already signs with).
+
         Args:
             path: The PEM file; its directory is created if needed.
+
+        Raises:
+            ConfigurationError: ``path`` holds something that is not a PEM private key.
         """
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.exists():
+            pem = _new_private_pem()
+            fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            try:
+                with os.fdopen(fd, "wb") as file:  # mkstemp creates it with mode 0600
+                    file.write(pem)
+                os.link(temporary, path)
+            except FileExistsError:
+                pass  # another process created it first: use its key
+            else:
+                return cls(pem)
+            finally:
+                os.unlink(temporary)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
             return cls(path.read_bytes())
-        pem = _new_private_pem()
-        with os.fdopen(fd, "wb") as file:
-            file.write(pem)
-        return cls(pem)
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"the dev key file {path} ({_DEV_KEY_FILE}) does not hold a PEM private key "
+                f"({exc}): delete it, and a new key is created on the next start"
+            ) from exc
 
     def mint(self, *, email: str, audience: str, valid_from: datetime | None = None) -> str:
         """Signs an ID token like the ones Cloud Tasks attaches.

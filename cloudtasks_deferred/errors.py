@@ -27,7 +27,10 @@ and ``google.appengine.api.taskqueue``::
 Invalid arguments to :func:`~cloudtasks_deferred.defer` raise the built-in
 ``TypeError`` or ``ValueError``, naming the offending option. Errors from the Cloud
 Tasks API itself propagate as ``google.api_core.exceptions.GoogleAPICallError``
-with a note saying what to check. ``defer`` warns, without raising, with
+with a note saying what to check: ``DeadlineExceeded`` when the task was not created
+within ``CLOUDTASKS_DEFERRED_ENQUEUE_TIMEOUT`` (the API unavailable), and
+``ServiceUnavailable`` naming Datastore when a payload too large for a task could
+not be stored there. ``defer`` warns, without raising, with
 ``payload.retry.RetryOptionsWarning`` when a task's retry options hold backoff, which Cloud
 Tasks sets per queue. The development tools (the emulators, the CLI's ``dev``,
 ``inspect`` and ``dead-letters``) raise their own errors, which the CLI turns into exit

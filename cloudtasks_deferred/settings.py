@@ -32,6 +32,9 @@ variable                                  meaning (default)
                                           (the service account)
 ``CLOUDTASKS_DEFERRED_OIDC_CERTS_URL``    where token-signing certs are fetched (Google's)
 ``CLOUD_TASKS_EMULATOR_HOST``             ``host:port`` of a Cloud Tasks emulator
+``CLOUDTASKS_DEFERRED_ENQUEUE_TIMEOUT``   seconds ``defer`` may spend creating a task,
+                                          retries included, before it raises
+                                          ``DeadlineExceeded`` (30)
 ``CLOUDTASKS_DEFERRED_DEV_MODE``          ``true`` to sign tasks with a local key (off;
                                           refused on App Engine and Cloud Run)
 ``CLOUDTASKS_DEFERRED_DEV_KEY_FILE``      the local key's PEM file
@@ -87,6 +90,7 @@ from cloudtasks_deferred.payload.frame import SigningKey
 from cloudtasks_deferred.payload.signing import parse_signing_keys
 
 __all__ = [
+    "DEFAULT_ENQUEUE_TIMEOUT",
     "ENVIRONMENT_VARIABLES",
     "GOOGLE_OIDC_CERTS_URL",
     "DeadLetterStorage",
@@ -99,6 +103,11 @@ __all__ = [
 
 #: Google's certificates for the ID tokens Cloud Tasks attaches to HTTP tasks.
 GOOGLE_OIDC_CERTS_URL: Final = "https://www.googleapis.com/oauth2/v1/certs"
+#: Seconds ``defer`` may spend creating a task (every attempt and the waits between
+#: them) before it gives up: the bound of :mod:`cloudtasks_deferred.transports.cloud_tasks`.
+DEFAULT_ENQUEUE_TIMEOUT: Final = 30.0
+#: The longest enqueue timeout accepted, in seconds (an hour: Cloud Run's longest request).
+_MAX_ENQUEUE_TIMEOUT: Final = 3600.0
 
 _logger = logging.getLogger(__name__)
 
@@ -121,6 +130,7 @@ _ENV_NAMES: Final = {
     "allowed_invokers": f"{_PREFIX}ALLOWED_INVOKERS",
     "oidc_certs_url": f"{_PREFIX}OIDC_CERTS_URL",
     "emulator_host": "CLOUD_TASKS_EMULATOR_HOST",
+    "enqueue_timeout": f"{_PREFIX}ENQUEUE_TIMEOUT",
     "dev_mode": f"{_PREFIX}DEV_MODE",
     "dev_key_file": f"{_PREFIX}DEV_KEY_FILE",
     "ndb": f"{_PREFIX}NDB",
@@ -250,6 +260,10 @@ class Settings:
             tokens. Must be ``https`` except on loopback (tests).
         emulator_host: ``host:port`` of a Cloud Tasks emulator; enqueueing then uses
             an insecure gRPC channel.
+        enqueue_timeout: Seconds ``defer`` may spend creating one task: every attempt
+            (an unavailable API is retried with google-api-core's backoff) and the
+            waits between them. A task not created within it makes ``defer`` raise
+            ``google.api_core.exceptions.DeadlineExceeded``.
         platform: Where the process runs; decides whether App Engine queue headers
             can be trusted and whether tasks can be App Engine tasks. Default
             ``LOCAL``, also on App Engine: :meth:`from_env` detects it.
@@ -294,6 +308,7 @@ class Settings:
     allowed_invokers: tuple[str, ...] = ()
     oidc_certs_url: str = GOOGLE_OIDC_CERTS_URL
     emulator_host: str | None = None
+    enqueue_timeout: float = DEFAULT_ENQUEUE_TIMEOUT
     platform: Platform = Platform.LOCAL
     app_engine_service: str | None = None
     app_engine_version: str | None = None
@@ -329,6 +344,13 @@ class Settings:
         if self.emulator_host is not None:
             host, _, port = self.emulator_host.rpartition(":")
             _check(host and port.isdigit(), "emulator_host", "host:port, e.g. 127.0.0.1:8123")
+        _check(
+            not isinstance(self.enqueue_timeout, bool)
+            and isinstance(self.enqueue_timeout, (int, float))
+            and 0 < self.enqueue_timeout <= _MAX_ENQUEUE_TIMEOUT,
+            "enqueue_timeout",
+            f"seconds, more than 0 and at most {_MAX_ENQUEUE_TIMEOUT:g}",
+        )
         _check_signing_keys(self.signing_keys)
         _check(
             not isinstance(self.payload_max_age, bool)
@@ -401,6 +423,9 @@ class Settings:
             allowed_invokers=_csv(get("allowed_invokers")),
             oidc_certs_url=get("oidc_certs_url") or GOOGLE_OIDC_CERTS_URL,
             emulator_host=get("emulator_host"),
+            enqueue_timeout=_or_default(
+                _seconds("enqueue_timeout", get("enqueue_timeout")), DEFAULT_ENQUEUE_TIMEOUT
+            ),
             platform=platform,
             app_engine_service=env.get("GAE_SERVICE") or None,
             app_engine_version=env.get("GAE_VERSION") or None,
@@ -576,6 +601,11 @@ def _seconds(field: str, value: str | None) -> float | None:
         return float(value)
     except ValueError:
         raise ConfigurationError(f"{_ENV_NAMES[field]}={value!r}: expected seconds.") from None
+
+
+def _or_default(value: float | None, default: float) -> float:
+    # Not ``value or default``: an explicit 0 must reach validation and be refused.
+    return default if value is None else value
 
 
 def _project_from_gae_application(value: str | None) -> str | None:

@@ -164,6 +164,15 @@ def digest_then_fail_permanently(blob: bytes) -> None:
     raise PermanentTaskFailure("this task cannot succeed")
 
 
+def fail_twice_then_record(key: str) -> None:
+    """Raises RuntimeError (a 500) on the first two attempts, records on the third."""
+    info = current_task()
+    RECORDER.add("attempt", info)
+    if info is None or (info.retry_count or 0) < 2:
+        raise RuntimeError("this attempt fails with a 500")
+    RECORDER.add("fail_twice_then_record", key)
+
+
 def crash_once_then_digest(blob: bytes) -> None:
     """Raises RuntimeError (a 500) on the first attempt, records on the retry."""
     info = current_task()

@@ -1,5 +1,8 @@
 """The local emulators, started on 127.0.0.1 for development, demos and tests.
 
+Why this module is long: both emulators share one process lifecycle (start, readiness
+by a real API call, a port already taken, cleanup on interrupt), kept beside them.
+
 * :class:`CloudTasksEmulator` runs ``gcloud-tasks-emulator`` (PyPI; install it with
   ``pip install --no-deps gcloud-tasks-emulator==0.6.2``). It creates tasks and
   dispatches HTTP tasks to their URLs, retrying non-2xx answers every ~0.1 s; it
@@ -244,8 +247,11 @@ class CloudTasksEmulator(_Process):
 
         parents = {queue.rsplit("/queues/", 1)[0] for queue in self.queues}
         # A channel per probe: one that failed to connect would wait out gRPC's
-        # reconnect backoff (a second and more) before trying again.
-        channel = grpc.insecure_channel(self.host)
+        # reconnect backoff (a second and more) before trying again. Its own
+        # subchannel pool too: channels with equal arguments share connections, so
+        # the probe would otherwise wait out another channel's backoff (an app's,
+        # reconnecting after the emulator's restart) or cut it short.
+        channel = grpc.insecure_channel(self.host, options=[("grpc.use_local_subchannel_pool", 1)])
         try:
             client = tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
             listed = set()

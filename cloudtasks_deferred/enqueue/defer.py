@@ -7,10 +7,13 @@ with signing keys, the destination and issue time the signature binds,
 :mod:`cloudtasks_deferred.payload.binding`), and sends the task: inline, compressed or
 through Datastore (:mod:`cloudtasks_deferred.enqueue.oversized`), or through the outbox
 for ``_transactional=True`` (:mod:`cloudtasks_deferred.enqueue.outbox`).
+:func:`prepare` does all of it but the round trip to Cloud Tasks, which it hands back
+(for :mod:`cloudtasks_deferred.enqueue.bulk`, which runs many round trips at once).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 import warnings
@@ -29,13 +32,45 @@ from cloudtasks_deferred.payload import binding
 from cloudtasks_deferred.payload.calls import serializer
 from cloudtasks_deferred.payload.retry import RetryOptionsWarning, retry_metadata
 
-__all__ = ["enqueue"]
+__all__ = ["Prepared", "enqueue", "prepare"]
 
 
 def enqueue(
     client: SendingClient, obj: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
 ) -> tasks_v2.Task:
     """Defers ``obj(*args, **kwargs)`` with ``client``; see :func:`cloudtasks_deferred.defer`."""
+    return prepare(client, obj, args, kwargs).send()
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A deferred call with all done but its round trip to Cloud Tasks.
+
+    Attributes:
+        send: Creates the task and returns it (raising what ``defer`` raises); for a
+            transactional call, returns the task the outbox will create.
+        thread_safe: ``send`` is one ``create_task`` on the client's thread-safe
+            transport (or nothing at all) and may run in any thread; otherwise (a
+            payload stored in Datastore, through the caller's NDB context) it must
+            run in the thread that prepared it.
+    """
+
+    send: Callable[[], tasks_v2.Task]
+    thread_safe: bool
+
+
+def prepare(
+    client: SendingClient, obj: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> Prepared:
+    """Does what :func:`enqueue` does up to the call to Cloud Tasks, in this thread.
+
+    What reads the caller's context happens here: the options, the pickle, the
+    frame and its signature, the task message, and a transactional call's outbox
+    entries, written in the caller's NDB transaction.
+
+    Raises:
+        Exception: What :func:`cloudtasks_deferred.defer` raises before sending.
+    """
     options, call_kwargs = split_options(kwargs)
     metadata: dict[str, Any] = {}
     if options.retry_options is not None:
@@ -46,7 +81,7 @@ def enqueue(
                 "sets backoff per queue (retry_config in terraform/); the queue's backoff "
                 "applies.",
                 RetryOptionsWarning,
-                stacklevel=4,
+                stacklevel=5,  # prepare, enqueue(_many), Client, facade: the caller
             )
         scheduled_at = options.schedule_time or datetime.now(UTC)
         metadata.update(retry_metadata(options.retry_options, scheduled_at))
@@ -70,16 +105,19 @@ def enqueue(
                 f"defer(_transactional=True) needs google-cloud-ndb ({exc}): "
                 "pip install 'cloudtasks-deferred[ndb]'"
             ) from exc
-        return enqueue_transactional(client, pickled, metadata, options, parent)
+        task = enqueue_transactional(client, pickled, metadata, options, parent)
+        return Prepared(send=functools.partial(_as_is, task), thread_safe=True)
     build = task_builder(client, options, parent)
     placement = oversized.place(client, pickled, metadata, build)
+    create = functools.partial(create_task, client.transport, parent)
     if placement.task is not None:
-        return create_task(client.transport, parent, placement.task)
+        return Prepared(send=functools.partial(create, placement.task), thread_safe=True)
     assert placement.stored is not None  # noqa: S101 - place() sets one of the two
-    return oversized.enqueue_stored(
-        client,
-        placement.stored,
-        metadata,
-        build,
-        functools.partial(create_task, client.transport, parent),
+    send = functools.partial(
+        oversized.enqueue_stored, client, placement.stored, metadata, build, create
     )
+    return Prepared(send=send, thread_safe=False)
+
+
+def _as_is(task: tasks_v2.Task) -> tasks_v2.Task:
+    return task

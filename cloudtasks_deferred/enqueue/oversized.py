@@ -39,6 +39,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from google.api_core import exceptions
+
 from cloudtasks_deferred import limits
 from cloudtasks_deferred.errors import PayloadTooLargeError
 from cloudtasks_deferred.payload.calls import RUN_FROM_DATASTORE, library_call
@@ -191,6 +193,11 @@ def enqueue_stored(
 
     Raises:
         ConfigurationError: No NDB context can be opened; says what to configure.
+        google.api_core.exceptions.ServiceUnavailable: Datastore was unavailable
+            (google-cloud-ndb gave up retrying): the message names Datastore, and
+            NDB's error is its ``__cause__``. Nothing was stored or enqueued.
+        google.api_core.exceptions.GoogleAPICallError: Datastore refused the write,
+            with a note naming Datastore. Nothing was stored or enqueued.
         Exception: What ``create`` raised, after the entities were deleted.
     """
     # google-cloud-ndb (the ndb extra) loads only for a payload that needs Datastore.
@@ -199,9 +206,28 @@ def enqueue_stored(
     from cloudtasks_deferred.storage import entities as storage
 
     with client.ndb_context(required_for="a payload over Cloud Tasks' task size limit"):
-        keys = ndb.non_transactional()(storage.store_payload)(stored)
+        try:
+            keys = ndb.non_transactional()(storage.store_payload)(stored)
+        except exceptions.GoogleAPICallError as exc:
+            exc.add_note(f"cloudtasks_deferred: {_not_stored(len(stored))}")
+            raise
+        except exceptions.GoogleAPIError as exc:
+            # google-cloud-ndb's RetryError (its retries of an unavailable Datastore ran
+            # out) is no GoogleAPICallError, and names neither Datastore nor the cause.
+            cause = exc.cause if isinstance(exc, exceptions.RetryError) else None
+            raise exceptions.ServiceUnavailable(
+                f"Datastore is unavailable: {_not_stored(len(stored))}; defer again "
+                f"later (NDB: {cause or exc})"
+            ) from exc
         try:
             return create(build(pointer_body(client, keys[0], metadata)))
         except Exception:
             storage.discard(keys, "its task could not be created")
             raise
+
+
+def _not_stored(size: int) -> str:
+    return (
+        f"Datastore could not store this task's {size:,}-byte payload (too large for a "
+        "task, it travels in a _DeferredTaskEntity); nothing was enqueued"
+    )

@@ -98,7 +98,9 @@ class Sender:
 
             with self._lock:
                 if self._transport is None:
-                    self._transport = CloudTasksTransport(self.settings.emulator_host)
+                    self._transport = CloudTasksTransport(
+                        self.settings.emulator_host, timeout=self.settings.enqueue_timeout
+                    )
         return self._transport
 
     @property

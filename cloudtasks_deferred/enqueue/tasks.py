@@ -76,6 +76,9 @@ def create_task(transport: Transport, parent: str, task: tasks_v2.Task) -> tasks
     Raises:
         TaskAlreadyExistsError: The name is taken (``TombstonedTaskError`` when
             Cloud Tasks says it existed too recently).
+        google.api_core.exceptions.DeadlineExceeded: The task was not created within
+            the enqueue timeout (``CLOUDTASKS_DEFERRED_ENQUEUE_TIMEOUT``): the API was
+            unavailable or did not answer; a note says whether the task may exist.
         google.api_core.exceptions.GoogleAPICallError: Other refusals, with a note
             saying what to check for a missing queue or a missing permission.
     """
@@ -93,6 +96,18 @@ def create_task(transport: Transport, parent: str, task: tasks_v2.Task) -> tasks
         exc.add_note(
             f"cloudtasks_deferred: check that the queue {parent} exists (terraform apply; "
             "locally: cloudtasks-deferred emulator --queue NAME)"
+        )
+        raise
+    except exceptions.DeadlineExceeded as exc:
+        exc.add_note(
+            "cloudtasks_deferred: "
+            + (
+                "the task was not created; defer again once Cloud Tasks is back"
+                if isinstance(exc.__cause__, exceptions.RetryError)
+                else "an attempt ran out of time, and Cloud Tasks may have created the "
+                "task all the same: defer with the same _name to retry without a duplicate"
+            )
+            + " (CLOUDTASKS_DEFERRED_ENQUEUE_TIMEOUT sets how long defer waits)"
         )
         raise
     except exceptions.PermissionDenied as exc:

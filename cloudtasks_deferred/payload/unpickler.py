@@ -294,7 +294,7 @@ class BoundedUnpickler(pickle._Unpickler):
     def load_bytearray8(self) -> None:
         """``BYTEARRAY8``, reading before allocating (the base zeroes the claimed size)."""
         (size,) = struct.unpack("<Q", self.read(8))
-        data = self.read(size)
+        data = self.read(min(size, len(self._data)))  # read() takes no size past 2**63
         if len(data) < size:
             raise pickle.UnpicklingError("BYTEARRAY8 is longer than the pickle")
         self.append(bytearray(data))

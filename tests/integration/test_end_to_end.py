@@ -60,6 +60,28 @@ def test_a_singular_failure_is_retried_and_then_succeeds(deferring: Client) -> N
     assert RECORDER.named("attempt") == [0, 1]
 
 
+def test_a_task_failing_twice_with_500_then_succeeding_succeeds_exactly_once(
+    deferring: Client,
+) -> None:
+    """Two 500s, then success: one successful execution, counted by Cloud Tasks' headers.
+
+    The emulator sends ``X-CloudTasks-TaskRetryCount`` as Cloud Tasks does (0, 1, 2)
+    but counts every dispatch in ``-TaskExecutionCount`` and sends no
+    ``-TaskPreviousResponse``; Cloud Tasks leaves 5xx answers out of the execution
+    count and sends the previous status: the in-memory queue, which models the
+    service's documented headers, is checked for those in
+    tests/unit/test_testing.py::test_redeliveries_carry_the_retry_headers_of_http_targets.
+    """
+    deferring.defer(tasks.fail_twice_then_record, "third time")
+    assert RECORDER.wait_for("fail_twice_then_record") == ["third time"]
+    attempts = RECORDER.named("attempt")
+    assert [info.retry_count for info in attempts] == [0, 1, 2]
+    assert len({info.task_name for info in attempts}) == 1  # one task, retried
+    time.sleep(0.5)  # the emulator would have redelivered by now, every ~0.1 s
+    assert RECORDER.named("fail_twice_then_record") == ["third time"]
+    assert len(RECORDER.named("attempt")) == 3
+
+
 def test_countdown_is_honoured(deferring: Client) -> None:
     started = time.monotonic()
     deferring.defer(tasks.record, "later", _countdown=2)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import random
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,16 +22,18 @@ from google.cloud import ndb, tasks_v2
 
 from cloudtasks_deferred import BadTransactionStateError, Client, Settings, deferred, wrap_wsgi_app
 from cloudtasks_deferred.devtools import cli
-from cloudtasks_deferred.devtools.emulators import DatastoreEmulator
+from cloudtasks_deferred.devtools.emulators import DatastoreEmulator, free_port
 from cloudtasks_deferred.enqueue import outbox
 from cloudtasks_deferred.enqueue.sweep import SWEEP_PATH, sweep
 from cloudtasks_deferred.payload.calls import RUN_ENTRY
 from cloudtasks_deferred.payload.frame import decode
+from cloudtasks_deferred.settings import queue_path
 from cloudtasks_deferred.storage import entities as storage
 from cloudtasks_deferred.testing import TEST_SETTINGS, InMemoryQueue, in_memory_queue
 from tests import tasks
 from tests.integration.conftest import LOCATION, PROJECT, Server
-from tests.integration.entities import counts
+from tests.integration.entities import counts, keys
+from tests.integration.processes import Command, isolated_env, wait_until
 from tests.ndb_tasks import Counter
 from tests.tasks import RECORDER, fingerprint
 
@@ -324,6 +330,108 @@ def test_the_sweep_command(
     assert cli.main(["sweep", "--older-than", "0"]) == 0
     assert "created 1" in capsys.readouterr().out
     assert RECORDER.wait_for("record", timeout=30) == ["via cli"]
+
+
+@pytest.mark.usefixtures("tasks_client")
+def test_a_process_killed_between_its_commit_and_the_enqueue_is_swept_and_runs_once(
+    server: Server, dev_settings: Callable[..., Settings], datastore: DatastoreEmulator
+) -> None:
+    """A real process, SIGKILLed after its transaction committed, before its task exists.
+
+    Its Cloud Tasks endpoint accepts no connection, so after the commit it keeps
+    retrying the creation of the task (for up to 120 s) until it is killed; the
+    sweeper, run as the CLI, creates the task, which runs once.
+    """
+    settings = dev_settings(server.url)
+    server.app = wrap_wsgi_app(lambda environ, start_response: [], client=Client(settings))
+    app_env = {
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "CLOUDTASKS_DEFERRED_LOCATION": LOCATION,
+        "CLOUDTASKS_DEFERRED_BASE_URL": server.url,
+        "CLOUDTASKS_DEFERRED_DEV_MODE": "true",
+        "CLOUDTASKS_DEFERRED_DEV_KEY_FILE": str(settings.dev_key_file),
+        **datastore.env,
+    }
+    child = Command(
+        [sys.executable, "-m", "tests.integration.deferring_child", "transactional"],
+        env=isolated_env(
+            **app_env,
+            CLOUD_TASKS_EMULATOR_HOST=f"127.0.0.1:{free_port()}",
+            CLOUDTASKS_DEFERRED_ENQUEUE_TIMEOUT="120",
+        ),
+    )
+    try:
+        wait_until("the child's commit", lambda: "_DeferredOutbox" in counts(), timeout=60)
+        child.process.send_signal(signal.SIGKILL)
+        code = child.process.wait(10)
+    finally:
+        child.close()
+    assert code == -signal.SIGKILL, child.output
+    assert "committed" not in child.output
+    assert counts() == {"_DeferredOutbox": 1, **PENDING_RUN}
+    assert [key.id() for key in keys("Counter")] == ["swept"]  # the transaction committed
+    assert RECORDER.named("record") == []
+
+    env = isolated_env(**app_env, CLOUD_TASKS_EMULATOR_HOST=str(settings.emulator_host))
+    sweeper = Command.cli("sweep", "--older-than", "0", env=env)
+    try:
+        assert sweeper.process.wait(60) == 0, sweeper.output
+    finally:
+        sweeper.close()
+    assert "created 1" in sweeper.output
+    assert RECORDER.wait_for("record", timeout=30) == ["swept"]
+    wait_until("the run entry's deletion", lambda: counts() == {})
+    assert sweep(Client(settings), older_than=NOW).created == 0
+    assert RECORDER.named("record") == ["swept"]
+
+
+SWEPT = 30
+
+
+@pytest.mark.usefixtures("no_post_commit_step")
+def test_two_sweepers_at_once_create_each_entrys_task_under_its_one_name(
+    dev_settings: Callable[..., Settings],
+    tasks_client: tasks_v2.CloudTasksClient,
+    datastore: DatastoreEmulator,
+) -> None:
+    """Two sweeps racing over the same outbox entries.
+
+    Both may create an entry's task: the name is derived from the entry, so Cloud
+    Tasks answers the second with ALREADY_EXISTS (the sweeper counts it as created:
+    test_the_sweeper_counts_already_exists_as_created) and a duplicate delivery runs
+    nothing (test_duplicate_created_on_the_emulator_runs_once). The emulator does not
+    deduplicate names, so here the same name may be listed twice; what must never
+    happen is a task under any other name.
+    """
+    queue = queue_path(PROJECT, LOCATION, "sweep-race")
+    tasks_client.create_queue(
+        parent=queue.rsplit("/queues/", 1)[0], queue=tasks_v2.Queue(name=queue)
+    )
+    tasks_client.pause_queue(name=queue)  # the tasks stay, to be listed
+    try:
+        client = Client(dev_settings("http://127.0.0.1:9", queue="sweep-race"))
+        with client.bind():
+            for index in range(SWEPT):
+                in_transaction(credit_and_defer(f"race {index}"))
+        names = {outbox.task_id(key) for key in keys("_DeferredOutbox")}
+        assert len(names) == SWEPT
+        start = threading.Barrier(2)
+
+        def sweeper() -> Any:
+            start.wait(10)
+            return sweep(client, older_than=NOW)
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            reports = list(pool.map(lambda _: sweeper(), range(2)))
+        listed = [task.name for task in tasks_client.list_tasks(parent=queue)]
+    finally:
+        tasks_client.purge_queue(name=queue)
+        tasks_client.delete_queue(name=queue)
+    assert [report.failed for report in reports] == [0, 0]
+    assert sum(report.created + report.existing for report in reports) >= SWEPT
+    assert {name.rsplit("/tasks/", 1)[1] for name in listed} == names
+    assert all(name.startswith(queue + "/tasks/") for name in listed)
+    assert counts() == {"_DeferredOutboxRun": SWEPT}  # every entry swept, none run yet
 
 
 def _big() -> bytes:

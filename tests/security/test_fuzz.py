@@ -1,17 +1,19 @@
 """Fuzzing the handler in-process with hypothesis: headers, tokens, lengths and bodies.
 
 Five properties, 4,000 examples each (20,000 in all), derandomized so CI runs the same
-examples every time. Each asserts that the WSGI app always answers (no exception
-escapes, ``start_response`` is called) with a status from the documented table, that
-no canary ran (nothing from an unauthenticated, unsigned or disallowed request was
-unpickled or called), and the answer each class of input must get: the class is read
-from the input's shape (:func:`signed_class`, :func:`length_class`), never from what
-the handler did with it.
+examples every time; ``FUZZ_EXAMPLES`` sets another count, randomized (``scripts/fuzz``
+runs 100,000 of each, as tests/fuzz/conftest.py does for the parsers). Each asserts
+that the WSGI app always answers (no exception escapes, ``start_response`` is called)
+with a status from the documented table, that no canary ran (nothing from an
+unauthenticated, unsigned or disallowed request was unpickled or called), and the
+answer each class of input must get: the class is read from the input's shape
+(:func:`signed_class`, :func:`length_class`), never from what the handler did with it.
 """
 
 from __future__ import annotations
 
 import base64
+import os
 import pickle
 
 import pytest
@@ -31,11 +33,12 @@ from tests.wsgi import call, environ
 
 #: Every status the handler documents (handler.py's table).
 DOCUMENTED = frozenset({200, 400, 403, 405, 408, 413, 500, 503})
-EXAMPLES = 4000
+CI_EXAMPLES = 4000
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", CI_EXAMPLES))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
-    derandomize=True,
+    derandomize=EXAMPLES == CI_EXAMPLES,
     database=None,
     suppress_health_check=[
         HealthCheck.too_slow,

@@ -15,7 +15,7 @@ import types
 from typing import Any, Final
 from uuid import UUID  # a safe global re-exported here: allowed through its exact entry
 
-__all__ = ["SHARED", "UUID", "Job", "never_filled_in", "run_elsewhere"]
+__all__ = ["NAMES", "SHARED", "TAGS", "UUID", "Job", "never_filled_in", "run_elsewhere"]
 
 #: ``subprocess.run`` under a name of this module, at the top level.
 run_elsewhere = subprocess.run
@@ -44,6 +44,9 @@ class Job:
 
 #: A shared instance: its bound methods are not classes, so not looked into.
 SHARED: Final = Job("shared")
+#: Shared containers: a pickle that names them may not fill them in (found by the load).
+NAMES: Final[list[str]] = ["default"]
+TAGS: Final[set[str]] = {"test"}
 
 
 def _function() -> None:

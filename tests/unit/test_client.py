@@ -338,7 +338,7 @@ def test_defer_uses_the_base_url_set_after_the_first_defer(
     transport = InMemoryTransport()
     monkeypatch.setattr(
         "cloudtasks_deferred.enqueue.transports.cloud_tasks.CloudTasksTransport",
-        lambda emulator_host: transport,
+        lambda emulator_host, **options: transport,
     )
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "p")
     monkeypatch.setenv("CLOUDTASKS_DEFERRED_LOCATION", "us-central1")

@@ -26,10 +26,12 @@ LEGACY = {
     "set_log_level",
     "wrap_wsgi_app",
 }
+#: Bulk enqueue, beside the legacy names in both places.
+BULK = {"Call", "defer_many"}
 
 
 def test_package_all_is_pinned() -> None:
-    assert set(cloudtasks_deferred.__all__) == LEGACY | {
+    assert set(cloudtasks_deferred.__all__) == LEGACY | BULK | {
         "deferred",
         "ConfigurationError",
         "Client",
@@ -43,12 +45,12 @@ def test_package_all_is_pinned() -> None:
     assert len(cloudtasks_deferred.__all__) == len(set(cloudtasks_deferred.__all__))
 
 
-def test_deferred_module_is_the_legacy_surface() -> None:
-    assert set(deferred.__all__) == LEGACY
+def test_deferred_module_is_the_legacy_surface_and_bulk_enqueue() -> None:
+    assert set(deferred.__all__) == LEGACY | BULK
 
 
 def test_package_and_module_expose_the_same_objects() -> None:
-    for name in LEGACY:
+    for name in LEGACY | BULK:
         assert getattr(cloudtasks_deferred, name) is getattr(deferred, name), name
 
 

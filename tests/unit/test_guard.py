@@ -276,6 +276,8 @@ def test_a_failed_release_is_logged_not_raised_over_the_calls_error(
         run_once(key, call)
     [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert record.getMessage().startswith("could not release the lease on Key(")
+    assert record.exc_info is not None
+    assert str(record.exc_info[1]) == "Datastore unavailable"  # why, for the operator
     assert read(key).lease_token is not None  # held until it expires
 
 
@@ -328,3 +330,83 @@ def test_entries_in_a_namespace_are_finished_in_that_namespace(
     assert read(key) is None
     assert read(outbox_key(key)) is None
     assert read(elsewhere) is not None  # same ID, other namespace: not this task's
+
+
+# --- what the call gets, and what the logs and the retry say ------------------------------
+
+
+def test_the_call_gets_the_payloads_arguments_and_keyword_arguments(
+    client: Client, ndb_context: None
+) -> None:
+    key = make_entries()
+    payload = OpenedPayload({}, lambda *args, **kwargs: (args, kwargs), (1, "two"), {"three": 3})
+    with running(FIRST_ATTEMPT):
+        result = guard.run_once(client, key.urlsafe().decode(), payload)
+    assert result == ((1, "two"), {"three": 3})
+
+
+def test_a_lease_ending_exactly_now_is_taken_over(
+    client: Client, ndb_context: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "Leased until a time still to come" answers busy; a lease ending at this very
+    # microsecond has run out.
+    now = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Frozen:
+            return cls.fromtimestamp(now.timestamp(), tz)
+
+    monkeypatch.setattr(guard, "datetime", Frozen)
+    key = make_entries(leased_until=now, lease_token="expiring")
+    tokens: list[str] = []
+    run_once(key, lambda: tokens.append(read(key).lease_token))
+    assert len(tokens) == 1
+    assert tokens[0] != "expiring"
+
+
+def test_a_busy_delivery_says_who_retries_it(client: Client, ndb_context: None) -> None:
+    key = make_entries(leased_until=datetime.now(UTC) + timedelta(minutes=5), lease_token="x")
+    with pytest.raises(SingularTaskFailure) as raised:
+        run_once(key, lambda: None)
+    assert str(raised.value) == (
+        f"another delivery is running transactional task {key.id()}; "
+        "Cloud Tasks retries this one later"
+    )
+
+
+def test_a_duplicate_delivery_is_logged_in_one_line_at_info(
+    client: Client, ndb_context: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = make_entries()
+    ndb.delete_multi([key], **storage.NO_CACHE)
+    with caplog.at_level(logging.INFO, logger="cloudtasks_deferred.receive.guard"):
+        run_once(key, lambda: None)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.INFO,
+            f"transactional task {key.id()} already ran: "
+            "this delivery is a duplicate and does nothing",
+        )
+    ]
+
+
+class _NoDatastore:
+    """A receiving client whose NDB context cannot be opened; records what asked for it."""
+
+    def __init__(self) -> None:
+        self.required_for: list[str | None] = []
+
+    def ndb_context(self, *, required_for: str | None = None) -> Any:
+        self.required_for.append(required_for)
+        raise RuntimeError("no Datastore here")
+
+
+def test_a_transactional_task_requires_a_datastore_context_by_name() -> None:
+    # The name goes into the ConfigurationError a missing Datastore raises
+    # ("a transactional task needs Datastore, but ..."), and makes the context
+    # mandatory whatever CLOUDTASKS_DEFERRED_NDB says.
+    client = _NoDatastore()
+    with pytest.raises(RuntimeError, match="no Datastore here"):
+        guard.run_once(client, "unused", opened(lambda: None))  # type: ignore[arg-type]
+    assert client.required_for == ["a transactional task"]
