@@ -73,7 +73,9 @@ class Client:
         transport: Where tasks go; the Cloud Tasks API (or the emulator named in the
             settings) when ``None``.
         authenticator: Who may run tasks; built from the settings when ``None``.
-        dead_letters: Receives tasks given up on; logged when ``None``.
+        dead_letters: Receives tasks given up on; when ``None``, the store
+            ``CLOUDTASKS_DEFERRED_DEAD_LETTERS`` names (Datastore when NDB is
+            available, else the log).
 
     With ``settings.structured_logs`` (on App Engine and Cloud Run by default), building
     a client makes the library's log records JSON lines for Cloud Logging, once per

@@ -61,6 +61,10 @@ variable                                  meaning (default)
 ``PAYLOADS``                              version of the app can run, during a split-
                                           traffic migration (false; App Engine targets
                                           only, unsigned)
+``CLOUDTASKS_DEFERRED_DEAD_LETTERS``      where the handler records the tasks it gives up
+                                          on: ``datastore`` (replayable), ``log``, or
+                                          ``auto``: Datastore when NDB is enabled and
+                                          installed, else the log (``auto``)
 ========================================  ==================================================
 
 The platform is detected from the variables the platforms set: ``GAE_ENV=standard``
@@ -80,7 +84,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final
+from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
 from cloudtasks_deferred import limits
@@ -94,6 +98,7 @@ __all__ = [
     "DEFAULT_ENQUEUE_TIMEOUT",
     "ENVIRONMENT_VARIABLES",
     "GOOGLE_OIDC_CERTS_URL",
+    "DeadLetterStorage",
     "Platform",
     "Settings",
     "environment_key",
@@ -140,6 +145,7 @@ _ENV_NAMES: Final = {
     "payload_max_age": f"{_PREFIX}PAYLOAD_MAX_AGE",
     "require_bound_payloads": f"{_PREFIX}REQUIRE_BOUND_PAYLOADS",
     "cross_compatible_payloads": f"{_PREFIX}CROSS_COMPATIBLE_PAYLOADS",
+    "dead_letters": f"{_PREFIX}DEAD_LETTERS",
 }
 
 #: Every variable :meth:`Settings.from_env` reads (the table above, the platforms'
@@ -204,6 +210,22 @@ class Platform(enum.Enum):
         if environ.get("K_SERVICE") or environ.get("CLOUD_RUN_JOB"):
             return cls.CLOUD_RUN
         return cls.LOCAL
+
+
+class DeadLetterStorage(enum.Enum):
+    """Where the handler records the tasks it gives up on (``CLOUDTASKS_DEFERRED_DEAD_LETTERS``).
+
+    See :mod:`cloudtasks_deferred.storage.dead_letters`.
+    """
+
+    #: Datastore when NDB is enabled (``CLOUDTASKS_DEFERRED_NDB`` true, or auto and
+    #: google-cloud-ndb installed), else the log.
+    AUTO = "auto"
+    #: ``_DeferredDeadLetter`` entities in Datastore: listed, shown and replayed with
+    #: ``cloudtasks-deferred dead-letters``. Needs the ``ndb`` extra and Datastore access.
+    DATASTORE = "datastore"
+    #: An ERROR log record each (the payload is not kept: nothing to replay).
+    LOG = "log"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -280,6 +302,8 @@ class Settings:
             this library's), for the time a Python 2 and a Python 3 version share
             traffic. Only for App Engine targets, and never signed: it cannot be
             combined with ``base_url`` or ``signing_keys``.
+        dead_letters: Where the handler records the tasks it gives up on
+            (:class:`DeadLetterStorage`).
 
     Raises:
         ConfigurationError: A value is invalid; the message names the field and its
@@ -308,6 +332,7 @@ class Settings:
     payload_max_age: float = binding.DEFAULT_MAX_AGE
     require_bound_payloads: bool = False
     cross_compatible_payloads: bool = False
+    dead_letters: DeadLetterStorage = DeadLetterStorage.AUTO
 
     def __post_init__(self) -> None:
         if self.project is not None:
@@ -359,6 +384,11 @@ class Settings:
                 f"2 cannot check signatures: unset {_ENV_NAMES['base_url']} and "
                 f"{_ENV_NAMES['signing_keys']}, or switch them off."
             )
+        _check(
+            isinstance(self.dead_letters, DeadLetterStorage),
+            "dead_letters",
+            "a DeadLetterStorage (auto, datastore or log)",
+        )
         # The process environment too: a Settings built by hand says LOCAL anywhere.
         deployed = self.platform if self.platform is not Platform.LOCAL else _process_platform()
         if self.dev_mode and deployed is not Platform.LOCAL:
@@ -431,6 +461,8 @@ class Settings:
                 "cross_compatible_payloads", get("cross_compatible_payloads"), default=False
             )
             or False,
+            dead_letters=_choice("dead_letters", get("dead_letters"), DeadLetterStorage)
+            or DeadLetterStorage.AUTO,
         )
 
     @functools.cached_property
@@ -562,6 +594,19 @@ def _flag(
         return None
     choices = "true/false" + ("/auto" if allow_auto else "")
     raise ConfigurationError(f"{_ENV_NAMES[field]}={value!r}: expected {choices}.")
+
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def _choice(field: str, value: str | None, choices: type[_E]) -> _E | None:
+    if value is None:
+        return None
+    for choice in choices:
+        if value.lower() == choice.value:
+            return choice
+    expected = "/".join(choice.value for choice in choices)
+    raise ConfigurationError(f"{_ENV_NAMES[field]}={value!r}: expected {expected}.")
 
 
 def _seconds(field: str, value: str | None) -> float | None:

@@ -34,6 +34,7 @@ from cloudtasks_deferred.payload.calls import OpenedPayload
 from cloudtasks_deferred.receive import context
 from cloudtasks_deferred.receive.auth import AuthenticationError, CertsUnavailableError
 from cloudtasks_deferred.receive.context import TaskInfo, running
+from cloudtasks_deferred.receive.deadletters import DeadLetterSink, RequestDeadLetters, may_run
 from cloudtasks_deferred.receive.outcomes import Attempt, Outcome, response_for
 from cloudtasks_deferred.receive.receiver import ReceivingClient
 from cloudtasks_deferred.receive.reporting import conclude
@@ -198,7 +199,8 @@ class TaskHandler:
         try:
             client = self._resolve()
             task = TaskInfo.from_environ(environ)
-            return conclude(client.dead_letters, task, None, payload=None, error=error, elapsed=0.0)
+            sink = RequestDeadLetters(client.dead_letters, environ, client.settings)
+            return conclude(sink, task, None, payload=None, error=error, elapsed=0.0)
         except Exception:
             _logger.exception(
                 "cannot record what %s.run_from_request raised: %r; Cloud Tasks will retry",
@@ -219,7 +221,8 @@ class TaskHandler:
         context.describe_request(task)  # authenticated: what is logged now is the task's
         level = self._header_log_level or HEADER_LOG_LEVEL.get()
         _logger.log(level, "%s", TaskInfo.headers_for_log(environ))
-        return self._run(client, task, body)
+        sink = RequestDeadLetters(client.dead_letters, environ, client.settings)
+        return self._run(client, task, body, sink)
 
     def _read_body(self, environ: Mapping[str, Any]) -> bytes | Attempt:
         raw_length = environ.get("CONTENT_LENGTH") or ""
@@ -246,13 +249,17 @@ class TaskHandler:
             return Attempt(Outcome.BAD_REQUEST, "the body is shorter than its Content-Length")
         return bytes(body)
 
-    def _run(self, client: ReceivingClient, task: TaskInfo, body: bytes) -> Attempt:
+    def _run(
+        self, client: ReceivingClient, task: TaskInfo, body: bytes, sink: DeadLetterSink
+    ) -> Attempt:
         started = time.monotonic()
         payload: OpenedPayload | None = None
         error: Exception | None = None
         try:
             with client.bind(), running(task), client.ndb_context():
                 payload = client.open_payload(body)
+                if not may_run(sink, task, body):  # replayed: the replay's task runs it
+                    return Attempt(Outcome.SUCCESS, "its dead letter was replayed")
                 entry = payload.run_entry
                 if entry is None:
                     payload.call()
@@ -264,9 +271,7 @@ class TaskHandler:
         except Exception as exc:
             error = exc
         elapsed = time.monotonic() - started
-        return conclude(
-            client.dead_letters, task, body, payload=payload, error=error, elapsed=elapsed
-        )
+        return conclude(sink, task, body, payload=payload, error=error, elapsed=elapsed)
 
 
 def authenticate(resolve: Callable[[], C], environ: Mapping[str, Any], *, what: str) -> C | Attempt:
