@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from cloudtasks_deferred import deferred
 from cloudtasks_deferred.client import Client
+from cloudtasks_deferred.dead_letters import DeadLetters
 from cloudtasks_deferred.deferred import (
     Call,
     application,
@@ -31,6 +32,7 @@ from cloudtasks_deferred.deferred import (
 from cloudtasks_deferred.errors import (
     BadTransactionStateError,
     ConfigurationError,
+    DeadLetterError,
     Error,
     PayloadTooLargeError,
     PermanentTaskFailure,
@@ -71,9 +73,12 @@ __all__ = [
     "TombstonedTaskError",
     "BadTransactionStateError",
     "ConfigurationError",
+    "DeadLetterError",
     "PayloadTooLargeError",
     # Configuration and context.
     "Client",
     "Settings",
     "TaskInfo",
+    # Operations.
+    "DeadLetters",
 ]

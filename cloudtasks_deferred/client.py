@@ -73,7 +73,13 @@ class Client:
         transport: Where tasks go; the Cloud Tasks API (or the emulator named in the
             settings) when ``None``.
         authenticator: Who may run tasks; built from the settings when ``None``.
-        dead_letters: Receives tasks given up on; logged when ``None``.
+        dead_letters: Receives tasks given up on; when ``None``, the store
+            ``CLOUDTASKS_DEFERRED_DEAD_LETTERS`` names (Datastore when NDB is
+            available, else the log).
+
+    With ``settings.structured_logs`` (on App Engine and Cloud Run by default), building
+    a client makes the library's log records JSON lines for Cloud Logging, once per
+    process (:mod:`cloudtasks_deferred.logs`).
 
     Raises:
         ConfigurationError: ``settings`` is ``None`` and the environment is invalid.
@@ -99,6 +105,11 @@ class Client:
             datastore=datastore,
             library={RUN_FROM_DATASTORE: run_from_datastore},
         )
+        if self.settings.structured_logs:
+            # python-json-logger loads only when logs are JSON (local cold starts).
+            from cloudtasks_deferred.logs import structure_library_logs
+
+            structure_library_logs(self.settings)
 
     @property
     def transport(self) -> Transport:

@@ -13,6 +13,7 @@ and ``google.appengine.api.taskqueue``::
      ├── BadTransactionStateError  defer(_transactional=True) outside an NDB transaction
      ├── PayloadTooLargeError      a payload too big even for Datastore: nothing was sent
      ├── ConfigurationError        a setting is missing or invalid; the message names it
+     ├── DeadLetterError           a dead letter does not exist, or cannot be replayed now
      ├── PayloadRefusedError       a task body failed a payload check before running (403)
      │    ├── payload.frame.PayloadSignatureError  ... unsigned, badly signed, or signed
      │    │                         for another service or too long ago (binding)
@@ -31,8 +32,9 @@ within ``CLOUDTASKS_DEFERRED_ENQUEUE_TIMEOUT`` (the API unavailable), and
 ``ServiceUnavailable`` naming Datastore when a payload too large for a task could
 not be stored there. ``defer`` warns, without raising, with
 ``payload.retry.RetryOptionsWarning`` when a task's retry options hold backoff, which Cloud
-Tasks sets per queue. The development tools (the emulators, the CLI's
-``dev`` and ``inspect``) raise their own errors, which the CLI turns into exit codes.
+Tasks sets per queue. The development tools (the emulators, the CLI's ``dev``,
+``inspect`` and ``dead-letters``) raise their own errors, which the CLI turns into exit
+codes.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from __future__ import annotations
 __all__ = [
     "BadTransactionStateError",
     "ConfigurationError",
+    "DeadLetterError",
     "Error",
     "PayloadRefusedError",
     "PayloadTooLargeError",
@@ -91,6 +94,15 @@ class TombstonedTaskError(TaskAlreadyExistsError):
 
 class ConfigurationError(Error):
     """A setting is missing or invalid; the message names the setting and the fix."""
+
+
+class DeadLetterError(Error):
+    """A dead letter does not exist, or cannot be replayed in its current status.
+
+    Raised by :mod:`cloudtasks_deferred.dead_letters` (and the ``dead-letters``
+    command); the message names the record and says why, e.g. that its task was
+    already replayed, or run by a later delivery from its queue.
+    """
 
 
 class BadTransactionStateError(Error):

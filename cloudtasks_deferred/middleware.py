@@ -16,6 +16,10 @@ handler, to the sweeper — runs with that client bound, until the response ends
 custom ``handler`` without a client of its own, and a streamed response, use those
 settings too.
 
+Each request's trace (W3C ``traceparent``, else ``X-Cloud-Trace-Context``) is read into
+:func:`cloudtasks_deferred.traces.current_trace` for the request: a task it defers
+carries a child span of it, and structured log lines name it.
+
 Each request runs in a copy of the caller's :mod:`contextvars` context: its NDB
 context and bound client end with it (when the response is exhausted, closed, or
 garbage-collected unclosed) and never leak into the caller, or into the next
@@ -31,6 +35,7 @@ from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
+from cloudtasks_deferred import traces
 from cloudtasks_deferred.client import Client, current_client
 from cloudtasks_deferred.enqueue import sweep as sweeping
 from cloudtasks_deferred.enqueue.options import DEFAULT_URL
@@ -93,6 +98,8 @@ class DeferredMiddleware:
         target = self.handler if path in self.paths else self.routes.get(path)
         stack = contextlib.ExitStack()
         try:
+            # defer() in the request hands its trace on to the task (traces.task_headers).
+            stack.enter_context(traces.tracing(traces.from_environ(environ)))
             if self.client is not None:
                 stack.enter_context(self.client.bind())
             if target is None:

@@ -42,6 +42,11 @@ variable                                  meaning (default)
 ``CLOUDTASKS_DEFERRED_NDB``               ``true``/``false``/``auto``: run tasks and wrapped
                                           requests in an NDB context (``auto``: when
                                           google-cloud-ndb is installed)
+``CLOUDTASKS_DEFERRED_STRUCTURED_LOGS``   ``true``/``false``/``auto``: the library's log
+                                          records as JSON lines for Cloud Logging, with
+                                          the request's trace and the task's labels
+                                          (``auto``: on App Engine and Cloud Run; see
+                                          :mod:`cloudtasks_deferred.logs`)
 ``CLOUDTASKS_DEFERRED_SIGNING_KEYS``      comma-separated ``key_id:base64url-secret``: sign
                                           payloads with the first, require one of them
                                           (none; see :mod:`cloudtasks_deferred.payload.signing`)
@@ -56,6 +61,10 @@ variable                                  meaning (default)
 ``PAYLOADS``                              version of the app can run, during a split-
                                           traffic migration (false; App Engine targets
                                           only, unsigned)
+``CLOUDTASKS_DEFERRED_DEAD_LETTERS``      where the handler records the tasks it gives up
+                                          on: ``datastore`` (replayable), ``log``, or
+                                          ``auto``: Datastore when NDB is enabled and
+                                          installed, else the log (``auto``)
 ========================================  ==================================================
 
 The platform is detected from the variables the platforms set: ``GAE_ENV=standard``
@@ -75,7 +84,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final
+from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
 from cloudtasks_deferred import limits
@@ -89,6 +98,7 @@ __all__ = [
     "DEFAULT_ENQUEUE_TIMEOUT",
     "ENVIRONMENT_VARIABLES",
     "GOOGLE_OIDC_CERTS_URL",
+    "DeadLetterStorage",
     "Platform",
     "Settings",
     "environment_key",
@@ -129,11 +139,13 @@ _ENV_NAMES: Final = {
     "dev_mode": f"{_PREFIX}DEV_MODE",
     "dev_key_file": f"{_PREFIX}DEV_KEY_FILE",
     "ndb": f"{_PREFIX}NDB",
+    "structured_logs": f"{_PREFIX}STRUCTURED_LOGS",
     "signing_keys": f"{_PREFIX}SIGNING_KEYS",
     "allowed_modules": ALLOWED_MODULES_VARIABLE,
     "payload_max_age": f"{_PREFIX}PAYLOAD_MAX_AGE",
     "require_bound_payloads": f"{_PREFIX}REQUIRE_BOUND_PAYLOADS",
     "cross_compatible_payloads": f"{_PREFIX}CROSS_COMPATIBLE_PAYLOADS",
+    "dead_letters": f"{_PREFIX}DEAD_LETTERS",
 }
 
 #: Every variable :meth:`Settings.from_env` reads (the table above, the platforms'
@@ -200,6 +212,22 @@ class Platform(enum.Enum):
         return cls.LOCAL
 
 
+class DeadLetterStorage(enum.Enum):
+    """Where the handler records the tasks it gives up on (``CLOUDTASKS_DEFERRED_DEAD_LETTERS``).
+
+    See :mod:`cloudtasks_deferred.storage.dead_letters`.
+    """
+
+    #: Datastore when NDB is enabled (``CLOUDTASKS_DEFERRED_NDB`` true, or auto and
+    #: google-cloud-ndb installed), else the log.
+    AUTO = "auto"
+    #: ``_DeferredDeadLetter`` entities in Datastore: listed, shown and replayed with
+    #: ``cloudtasks-deferred dead-letters``. Needs the ``ndb`` extra and Datastore access.
+    DATASTORE = "datastore"
+    #: An ERROR log record each (the payload is not kept: nothing to replay).
+    LOG = "log"
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything the library needs to enqueue and to authenticate tasks.
@@ -255,6 +283,11 @@ class Settings:
         ndb: Whether tasks (and requests through ``wrap_wsgi_app``) run in an NDB
             context: ``True``, ``False``, or ``None`` for "when google-cloud-ndb is
             installed".
+        structured_logs: The library writes its log records as JSON lines for Cloud
+            Logging (:mod:`cloudtasks_deferred.logs`) instead of leaving them to the
+            app's logging configuration. :meth:`from_env` turns it on on App Engine
+            and Cloud Run unless the variable says otherwise; direct construction
+            leaves it off.
         signing_keys: Keys for payload signatures: ``defer`` signs with the first,
             the handler refuses payloads not signed by one of them. Empty: payloads
             are neither signed nor checked.
@@ -269,6 +302,8 @@ class Settings:
             this library's), for the time a Python 2 and a Python 3 version share
             traffic. Only for App Engine targets, and never signed: it cannot be
             combined with ``base_url`` or ``signing_keys``.
+        dead_letters: Where the handler records the tasks it gives up on
+            (:class:`DeadLetterStorage`).
 
     Raises:
         ConfigurationError: A value is invalid; the message names the field and its
@@ -291,11 +326,13 @@ class Settings:
     dev_mode: bool = False
     dev_key_file: Path | None = None
     ndb: bool | None = None
+    structured_logs: bool = False
     signing_keys: tuple[SigningKey, ...] = ()
     allowed_modules: tuple[str, ...] = ()
     payload_max_age: float = binding.DEFAULT_MAX_AGE
     require_bound_payloads: bool = False
     cross_compatible_payloads: bool = False
+    dead_letters: DeadLetterStorage = DeadLetterStorage.AUTO
 
     def __post_init__(self) -> None:
         if self.project is not None:
@@ -347,6 +384,11 @@ class Settings:
                 f"2 cannot check signatures: unset {_ENV_NAMES['base_url']} and "
                 f"{_ENV_NAMES['signing_keys']}, or switch them off."
             )
+        _check(
+            isinstance(self.dead_letters, DeadLetterStorage),
+            "dead_letters",
+            "a DeadLetterStorage (auto, datastore or log)",
+        )
         # The process environment too: a Settings built by hand says LOCAL anywhere.
         deployed = self.platform if self.platform is not Platform.LOCAL else _process_platform()
         if self.dev_mode and deployed is not Platform.LOCAL:
@@ -383,6 +425,7 @@ class Settings:
 
         platform = Platform.detect(env)
         dev_key = get("dev_key_file")
+        structured = _flag("structured_logs", get("structured_logs"), default=None, allow_auto=True)
         return cls(
             project=get("project") or _project_from_gae_application(env.get("GAE_APPLICATION")),
             location=get("location"),
@@ -402,6 +445,8 @@ class Settings:
             dev_mode=_flag("dev_mode", get("dev_mode"), default=False) or False,
             dev_key_file=Path(dev_key) if dev_key else _default_dev_key_file(env),
             ndb=_flag("ndb", get("ndb"), default=None, allow_auto=True),
+            # auto (or unset): JSON on Google Cloud, left to the app elsewhere.
+            structured_logs=platform is not Platform.LOCAL if structured is None else structured,
             signing_keys=parse_signing_keys(
                 get("signing_keys"), variable=_ENV_NAMES["signing_keys"]
             ),
@@ -416,6 +461,8 @@ class Settings:
                 "cross_compatible_payloads", get("cross_compatible_payloads"), default=False
             )
             or False,
+            dead_letters=_choice("dead_letters", get("dead_letters"), DeadLetterStorage)
+            or DeadLetterStorage.AUTO,
         )
 
     @functools.cached_property
@@ -547,6 +594,19 @@ def _flag(
         return None
     choices = "true/false" + ("/auto" if allow_auto else "")
     raise ConfigurationError(f"{_ENV_NAMES[field]}={value!r}: expected {choices}.")
+
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def _choice(field: str, value: str | None, choices: type[_E]) -> _E | None:
+    if value is None:
+        return None
+    for choice in choices:
+        if value.lower() == choice.value:
+            return choice
+    expected = "/".join(choice.value for choice in choices)
+    raise ConfigurationError(f"{_ENV_NAMES[field]}={value!r}: expected {expected}.")
 
 
 def _seconds(field: str, value: str | None) -> float | None:

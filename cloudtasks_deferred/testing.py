@@ -125,7 +125,9 @@ class InMemoryQueue:
 
     @property
     def dead_letters(self) -> list[DeadLetter]:
-        """Tasks the handler gave up on (permanent failures, exhausted retry options)."""
+        """Tasks the handler gave up on (permanent failures, exhausted retry options) and
+        payloads the allowlist refused, oldest first; ``DeadLetters(queue.client)``
+        (:mod:`cloudtasks_deferred.dead_letters`) replays them into this queue."""
         return self._dead_letters.letters
 
     def run_pending(self) -> list[HTTPStatus]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 
@@ -16,6 +17,10 @@ from cloudtasks_deferred.receive.deadletters import InMemoryDeadLetters
 from tests.oidc import AUDIENCE, INVOKER, CertsServer, Issuer
 from tests.tasks import RECORDER
 
+# Every log record of the battery, scanned for the tests' tokens, keys and payloads.
+pytest_plugins = ["tests.logscan"]
+
+PACKAGE = "cloudtasks_deferred"
 _VARIABLES = (
     "GOOGLE_CLOUD_PROJECT",
     "GOOGLE_APPLICATION_CREDENTIALS",
@@ -45,6 +50,21 @@ def isolate_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     RECORDER.clear()
     yield
     default_client.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """What a test changes of the root and library loggers (a client built on a simulated
+    Cloud Run structures the library's logs; configure_logging() the root's) ends with it."""
+    loggers = [logging.getLogger(), logging.getLogger(PACKAGE)]
+    saved = [(list(each.handlers), each.level, each.propagate) for each in loggers]
+    yield
+    for each, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+        for handler in list(each.handlers):  # pytest's own come and go by themselves
+            if handler not in handlers and type(handler).__module__.startswith(PACKAGE):
+                each.removeHandler(handler)
+        each.setLevel(level)
+        each.propagate = propagate
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -9,7 +10,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cloudtasks_deferred import PermanentTaskFailure, SingularTaskFailure, current_task
+from cloudtasks_deferred import (
+    PermanentTaskFailure,
+    SingularTaskFailure,
+    current_task,
+    deferred,
+    traces,
+)
 
 
 class Recorder:
@@ -180,3 +187,18 @@ def crash_once_then_digest(blob: bytes) -> None:
     if info is None or not info.retry_count:
         raise RuntimeError("first attempt crashes")
     RECORDER.add("digest", fingerprint(blob))
+
+
+def record_trace() -> None:
+    info = current_task()
+    RECORDER.add("trace", (info.trace if info else None, traces.current_trace()))
+
+
+def defer_record_trace() -> None:
+    record_trace()
+    deferred.defer(record_trace)
+
+
+def log_in_task(message: str) -> None:
+    """Logs with the app's own logger, as a task's code does."""
+    logging.getLogger("tests.app").warning("%s", message)

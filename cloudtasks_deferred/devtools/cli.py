@@ -3,7 +3,8 @@
 Commands: ``emulator`` (the Cloud Tasks emulator on 127.0.0.1), ``queue-yaml`` (an
 App Engine queue.yaml as the Terraform module's queues), ``sweep`` (create the tasks
 of committed transactional defers that never got one), ``dev`` (an app on both
-emulators), ``inspect`` (what a payload would run, without running it).
+emulators), ``inspect`` (what a payload would run, without running it),
+``dead-letters`` (list, show, replay and purge the tasks the handler gave up on).
 Each command's logic lives in its own module, imported when the command runs.
 
 Exit codes: 0 success; 1 failure: an input whose content is invalid (a queue file, a
@@ -34,6 +35,7 @@ from cloudtasks_deferred import __version__
 from cloudtasks_deferred.client import Client
 from cloudtasks_deferred.devtools import cli_args as _cli_args
 from cloudtasks_deferred.devtools.cli_args import add_queue_files, fail, queue_ids, reason
+from cloudtasks_deferred.devtools.cli_dead_letters import add_dead_letters
 from cloudtasks_deferred.devtools.cli_dev import add_dev
 from cloudtasks_deferred.devtools.emulators import (
     CloudTasksEmulator,
@@ -116,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_sweep(commands)
     add_dev(commands)
     _add_inspect(commands)
+    add_dead_letters(commands)
     return parser
 
 

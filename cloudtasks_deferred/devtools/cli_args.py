@@ -15,6 +15,7 @@ import math
 import re
 import shutil
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
@@ -24,6 +25,7 @@ from cloudtasks_deferred.devtools.tooling import EXIT_FAILURE
 __all__ = [
     "add_queue_files",
     "directory",
+    "duration",
     "executable",
     "fail",
     "host_port",
@@ -35,9 +37,12 @@ __all__ = [
     "queue_ids",
     "reason",
     "seconds",
+    "since",
 ]
 
 _MAX_PORT: Final = 65535
+_DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
+_UNIT_SECONDS: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DOTTED: Final = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 
 
@@ -63,6 +68,37 @@ def seconds(text: str) -> float:
     if not 0 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
     return value
+
+
+def duration(text: str) -> timedelta:
+    """A duration: a number and a unit, ``s``, ``m``, ``h``, ``d`` or ``w`` (``30d``);
+    a bare number is seconds."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    try:
+        value = timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2]]) if match else None
+    except OverflowError:
+        value = None
+    if value is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: give a number and a unit, e.g. 90s, 30m, 12h, 30d, 2w"
+        )
+    return value
+
+
+def since(text: str) -> datetime:
+    """A point in time: ISO 8601 (``2024-05-01``, ``2024-05-01T12:00:00+02:00``; no
+    offset means UTC), or a duration ago (``2h``: two hours ago)."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        try:
+            return datetime.now(UTC) - duration(text)
+        except (argparse.ArgumentTypeError, OverflowError):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is neither an ISO 8601 time (2024-05-01T12:00:00) nor a duration "
+                "ago (2h, 7d)"
+            ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def positive_int(text: str) -> int:

@@ -13,6 +13,11 @@ Target rules, in order:
 * otherwise there is nowhere to send the task and a ``ConfigurationError`` says
   what to set.
 
+A task deferred inside a traced request (``wrap_wsgi_app``, the task handler, or an
+OpenTelemetry span) carries that trace on: :func:`task_builder` adds a ``traceparent``
+header for a child span (:func:`cloudtasks_deferred.traces.task_headers`), unless
+``_headers`` names one.
+
 Errors from the service are translated where a legacy name exists
 (``ALREADY_EXISTS`` -> :class:`~cloudtasks_deferred.TaskAlreadyExistsError`) and
 annotated with what to check otherwise.
@@ -23,6 +28,7 @@ imports it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
@@ -30,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Final
 from google.api_core import exceptions
 from google.cloud import tasks_v2
 
-from cloudtasks_deferred import limits
+from cloudtasks_deferred import limits, traces
 from cloudtasks_deferred.enqueue.options import TaskOptions
 from cloudtasks_deferred.errors import (
     ConfigurationError,
@@ -60,8 +66,18 @@ DevTokenMinter = Callable[[str, datetime], str]
 def task_builder(
     client: SendingClient, options: TaskOptions, parent: str
 ) -> Callable[[bytes], tasks_v2.Task]:
-    """Returns ``body -> Task``: :func:`build_task` with ``defer``'s options applied."""
+    """Returns ``body -> Task``: :func:`build_task` with ``defer``'s options applied.
+
+    Called once per ``defer``, in the caller's context: the task's trace header (a
+    new child span of the current trace) is chosen here, the same for every body
+    tried.
+    """
     settings = client.settings
+    trace_headers = traces.task_headers()
+    if trace_headers:
+        given = {name.lower() for name in options.headers}
+        carried = {k: v for k, v in trace_headers.items() if k.lower() not in given}
+        options = dataclasses.replace(options, headers={**carried, **options.headers})
     dev_token = client.mint_dev_token if settings.dev_mode else None
 
     def build(body: bytes) -> tasks_v2.Task:

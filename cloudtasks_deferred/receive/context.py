@@ -4,7 +4,9 @@ Legacy code read ``os.environ["HTTP_X_APPENGINE_TASKNAME"]`` and friends inside 
 task. Cloud Tasks sends the same facts as ``X-CloudTasks-*`` headers to HTTP
 targets and as ``X-AppEngine-*`` headers to App Engine targets; the handler parses
 whichever is present, after authenticating the request, into a :class:`TaskInfo`
-visible to the task through :func:`current_task`.
+visible to the task through :func:`current_task`, with the trace the task's request
+carries (the ``traceparent`` ``defer`` added in the request that deferred it; see
+:mod:`cloudtasks_deferred.traces`).
 """
 
 from __future__ import annotations
@@ -16,12 +18,19 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-__all__ = ["TaskInfo", "current_task", "running"]
+from cloudtasks_deferred import traces
+from cloudtasks_deferred.traces import TraceContext
+
+__all__ = ["TaskInfo", "current_task", "describe_request", "request_scope", "running"]
 
 _PREFIXES: Final = ("HTTP_X_CLOUDTASKS_", "HTTP_X_APPENGINE_")
 
 _current: contextvars.ContextVar[TaskInfo | None] = contextvars.ContextVar(
     "cloudtasks_deferred_current_task", default=None
+)
+# The scope of the task request being handled (request_scope), if any.
+_request: contextvars.ContextVar[contextlib.ExitStack | None] = contextvars.ContextVar(
+    "cloudtasks_deferred_task_request", default=None
 )
 
 
@@ -37,6 +46,9 @@ class TaskInfo:
         eta: When the task was scheduled to run, as an aware UTC datetime, if sent.
         previous_response: HTTP status of the previous attempt, if any.
         retry_reason: Why the task is being retried, if Cloud Tasks says.
+        trace: The trace of the task's request (``traceparent``, else
+            ``X-Cloud-Trace-Context``): for a task deferred inside a traced request,
+            a child span of that request's. ``None`` when it carries none.
     """
 
     queue_name: str | None = None
@@ -46,6 +58,7 @@ class TaskInfo:
     eta: datetime | None = None
     previous_response: int | None = None
     retry_reason: str | None = None
+    trace: TraceContext | None = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, Any]) -> TaskInfo:
@@ -73,6 +86,7 @@ class TaskInfo:
             eta=_timestamp(header("TASKETA")),
             previous_response=_int(header("TASKPREVIOUSRESPONSE")),
             retry_reason=header("TASKRETRYREASON"),
+            trace=traces.from_environ(environ),
         )
 
     @staticmethod
@@ -102,6 +116,29 @@ def running(info: TaskInfo) -> Iterator[TaskInfo]:
         yield info
     finally:
         _current.reset(token)
+
+
+@contextlib.contextmanager
+def request_scope() -> Iterator[None]:
+    """The scope of one task request: what :func:`describe_request` sets ends with it."""
+    with contextlib.ExitStack() as stack:
+        token = _request.set(stack)
+        try:
+            yield
+        finally:
+            _request.reset(token)
+
+
+def describe_request(info: TaskInfo) -> None:
+    """Makes ``info`` the :func:`current_task` until the request's scope ends.
+
+    The handler calls it once the request is authenticated, so that every line logged
+    for the request from then on, its report included, names the task (the labels of
+    :mod:`cloudtasks_deferred.logs`). Outside a :func:`request_scope` it does nothing.
+    """
+    stack = _request.get()
+    if stack is not None:
+        stack.enter_context(running(info))
 
 
 def _short(name: str | None) -> str | None:

@@ -11,6 +11,9 @@
 3. refuses bodies larger than a task can be (413) before reading them;
 4. decodes the payload and runs the callable with :func:`~cloudtasks_deferred.current_task`
    set, the handler's client bound and, when enabled, inside an NDB context;
+   the request's trace (:mod:`cloudtasks_deferred.traces`) is current for the whole
+   request, and, once it is authenticated, the task for every line logged until the
+   request ends (its report included), so that structured log lines carry its labels;
 5. maps the outcome to a status (:mod:`cloudtasks_deferred.receive.outcomes` holds the
    table; Cloud Tasks retries every non-2xx), and reports it
    (:mod:`cloudtasks_deferred.receive.reporting`).
@@ -25,11 +28,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeVar
 
-from cloudtasks_deferred import limits
+from cloudtasks_deferred import limits, traces
 from cloudtasks_deferred.errors import ConfigurationError
 from cloudtasks_deferred.payload.calls import OpenedPayload
+from cloudtasks_deferred.receive import context
 from cloudtasks_deferred.receive.auth import AuthenticationError, CertsUnavailableError
 from cloudtasks_deferred.receive.context import TaskInfo, running
+from cloudtasks_deferred.receive.deadletters import DeadLetterSink, RequestDeadLetters, may_run
 from cloudtasks_deferred.receive.outcomes import Attempt, Outcome, response_for
 from cloudtasks_deferred.receive.receiver import ReceivingClient
 from cloudtasks_deferred.receive.reporting import conclude
@@ -149,17 +154,18 @@ class TaskHandler:
         Returns:
             ``(body, status, headers)`` per the module's status table.
         """
-        attempts: list[Attempt] = []
-        token = _ATTEMPTS.set(attempts)
-        try:
-            return self.run_from_request(environ)
-        except Exception as exc:
-            attempt = next((a for a in attempts if a.error is exc), None)
-            if attempt is None:
-                attempt = self._conclude_override(environ, exc)
-            return response_for(attempt.outcome, attempt.detail)
-        finally:
-            _ATTEMPTS.reset(token)
+        with traces.tracing(traces.from_environ(environ)), context.request_scope():
+            attempts: list[Attempt] = []
+            token = _ATTEMPTS.set(attempts)
+            try:
+                return self.run_from_request(environ)
+            except Exception as exc:
+                attempt = next((a for a in attempts if a.error is exc), None)
+                if attempt is None:
+                    attempt = self._conclude_override(environ, exc)
+                return response_for(attempt.outcome, attempt.detail)
+            finally:
+                _ATTEMPTS.reset(token)
 
     def run_from_request(self, environ: Mapping[str, Any]) -> Response:
         """Like :meth:`post`, but raises what the task raised.
@@ -193,7 +199,8 @@ class TaskHandler:
         try:
             client = self._resolve()
             task = TaskInfo.from_environ(environ)
-            return conclude(client.dead_letters, task, None, payload=None, error=error, elapsed=0.0)
+            sink = RequestDeadLetters(client.dead_letters, environ, client.settings)
+            return conclude(sink, task, None, payload=None, error=error, elapsed=0.0)
         except Exception:
             _logger.exception(
                 "cannot record what %s.run_from_request raised: %r; Cloud Tasks will retry",
@@ -211,9 +218,11 @@ class TaskHandler:
             return body_or_refusal
         body = body_or_refusal
         task = TaskInfo.from_environ(environ)
+        context.describe_request(task)  # authenticated: what is logged now is the task's
         level = self._header_log_level or HEADER_LOG_LEVEL.get()
         _logger.log(level, "%s", TaskInfo.headers_for_log(environ))
-        return self._run(client, task, body)
+        sink = RequestDeadLetters(client.dead_letters, environ, client.settings)
+        return self._run(client, task, body, sink)
 
     def _read_body(self, environ: Mapping[str, Any]) -> bytes | Attempt:
         raw_length = environ.get("CONTENT_LENGTH") or ""
@@ -240,13 +249,17 @@ class TaskHandler:
             return Attempt(Outcome.BAD_REQUEST, "the body is shorter than its Content-Length")
         return bytes(body)
 
-    def _run(self, client: ReceivingClient, task: TaskInfo, body: bytes) -> Attempt:
+    def _run(
+        self, client: ReceivingClient, task: TaskInfo, body: bytes, sink: DeadLetterSink
+    ) -> Attempt:
         started = time.monotonic()
         payload: OpenedPayload | None = None
         error: Exception | None = None
         try:
             with client.bind(), running(task), client.ndb_context():
                 payload = client.open_payload(body)
+                if not may_run(sink, task, body):  # replayed: the replay's task runs it
+                    return Attempt(Outcome.SUCCESS, "its dead letter was replayed")
                 entry = payload.run_entry
                 if entry is None:
                     payload.call()
@@ -258,9 +271,7 @@ class TaskHandler:
         except Exception as exc:
             error = exc
         elapsed = time.monotonic() - started
-        return conclude(
-            client.dead_letters, task, body, payload=payload, error=error, elapsed=elapsed
-        )
+        return conclude(sink, task, body, payload=payload, error=error, elapsed=elapsed)
 
 
 def authenticate(resolve: Callable[[], C], environ: Mapping[str, Any], *, what: str) -> C | Attempt:

@@ -23,9 +23,10 @@ from cloudtasks_deferred.payload.budget import DecodeBudget
 from cloudtasks_deferred.payload.calls import OpenedPayload, load_call, unpickle
 from cloudtasks_deferred.payload.frame import decode
 from cloudtasks_deferred.receive.auth import Authenticator, authenticator_for
-from cloudtasks_deferred.receive.deadletters import DeadLetterSink, LoggingDeadLetters
+from cloudtasks_deferred.receive.deadletters import DeadLetterSink
 from cloudtasks_deferred.settings import Settings
 from cloudtasks_deferred.storage.datastore import Datastore
+from cloudtasks_deferred.storage.dead_letter_sinks import sink_for
 
 __all__ = ["Receiver", "ReceivingClient"]
 
@@ -66,7 +67,9 @@ class Receiver:
     Args:
         settings: The configuration.
         authenticator: Who may run tasks; built from the settings when ``None``.
-        dead_letters: Receives tasks given up on; logged when ``None``.
+        dead_letters: Receives tasks given up on; when ``None``, the sink
+            ``settings.dead_letters`` names
+            (:func:`~cloudtasks_deferred.storage.dead_letter_sinks.sink_for`).
         datastore: NDB access; one for ``settings`` when ``None``.
         library: The library's own task callables by name, as the allowlist hands
             them back (:data:`~cloudtasks_deferred.payload.allowlist.LIBRARY_CALLABLES`):
@@ -83,8 +86,8 @@ class Receiver:
         library: Mapping[str, Callable[..., Any]] | None = None,
     ) -> None:
         self.settings = settings
-        self.dead_letters: DeadLetterSink = dead_letters or LoggingDeadLetters()
         self.datastore = datastore or Datastore(settings)
+        self.dead_letters: DeadLetterSink = dead_letters or sink_for(settings, self.datastore)
         self._library = {INVOKE_MEMBER: invoke_member, **(library or {})}
         self._authenticator = authenticator
         self._lock = threading.Lock()

@@ -3,8 +3,9 @@
 A task given up on (a permanent failure, its own ``_retry_options`` exhausted) is
 logged with its traceback and recorded in the client's dead-letter sink; a body that
 did not decode is logged with its size and SHA-256, never its bytes; a refused
-payload is one warning; a frame from a newer release one warning, without a
-traceback (a rolling deploy); a retried failure an error with its traceback.
+payload is one warning (refused by the allowlist, a dead letter too); a frame from a
+newer release one warning, without a traceback (a rolling deploy); a retried failure an
+error with its traceback.
 """
 
 from __future__ import annotations
@@ -13,10 +14,17 @@ import hashlib
 import logging
 import time
 
+from cloudtasks_deferred.payload.allowlist import DisallowedReferenceError
 from cloudtasks_deferred.payload.calls import OpenedPayload
 from cloudtasks_deferred.payload.frame import UnsupportedPayloadError
 from cloudtasks_deferred.receive.context import TaskInfo
-from cloudtasks_deferred.receive.deadletters import DeadLetter, DeadLetterSink, record_or_log
+from cloudtasks_deferred.receive.deadletters import (
+    Cause,
+    DeadLetterSink,
+    cause_of,
+    letter_for,
+    record_or_log,
+)
 from cloudtasks_deferred.receive.outcomes import Attempt, Outcome, outcome_of
 from cloudtasks_deferred.receive.retry import exhausted
 
@@ -59,14 +67,18 @@ def conclude(
         _logger.info("%s: ran %s in %.0f ms", where, what, elapsed * 1000)
     elif outcome is Outcome.UNAUTHENTICATED:
         _logger.warning("%s: refused the payload: %s", where, error)
+        if isinstance(error, DisallowedReferenceError):  # signed by us, if signing is on
+            _dead_letter(dead_letters, task, body, payload, cause=Cause.REFUSED, error=error)
         return Attempt(outcome, detail=str(error))
     elif outcome is Outcome.PERMANENT_FAILURE:
         _logger.exception("%s: permanent failure running %s", where, what, exc_info=error)
-        _dead_letter(dead_letters, task, body, payload, f"{type(error).__name__}: {error}")
+        cause = cause_of(error, payload, body)
+        _dead_letter(dead_letters, task, body, payload, cause=cause, error=error)
     elif outcome is Outcome.RETRIES_EXHAUSTED:
         _logger.error("%s: %s failed and will not be retried: %s", where, what, reason,
                       exc_info=error)  # fmt: skip
-        _dead_letter(dead_letters, task, body, payload, str(reason))
+        _dead_letter(dead_letters, task, body, payload, cause=Cause.RETRIES_EXHAUSTED, error=error,
+                     reason=reason)  # fmt: skip
     elif outcome is Outcome.SINGULAR_FAILURE:
         _logger.debug("%s: %s raised SingularTaskFailure; retry forced", where, what)
     elif isinstance(error, UnsupportedPayloadError):
@@ -87,10 +99,11 @@ def _dead_letter(
     task: TaskInfo,
     body: bytes | None,
     payload: OpenedPayload | None,
-    reason: str,
+    *,
+    cause: Cause,
+    error: Exception | None,
+    reason: str | None = None,
 ) -> None:
-    callable_name = payload.callable_name if payload is not None else None
-    letter = DeadLetter.for_payload(
-        reason=reason, task=task, callable_name=callable_name, payload=body
-    )
+    shown = reason or f"{type(error).__name__}: {error}"
+    letter = letter_for(task, body, payload, cause=cause, reason=shown, error=error)
     record_or_log(dead_letters, letter)

@@ -6,9 +6,11 @@ needed; :mod:`cloudtasks_deferred.storage.entities`) and its task runs
 (:mod:`cloudtasks_deferred.enqueue.oversized` writes them). :func:`run_stored` loads
 the payload, decodes it under the client's rules, runs it and returns the result; it
 deletes the entities after a success and after a permanent failure (including a
-failure after which the task's own retry options give up), and keeps them when the
-failure will be retried, or when the stored bytes do not decode (for a fix). A
-missing entity is a permanent failure, logged with its key.
+failure after which the task's own retry options give up) — unless the client's
+dead letters keep payloads for a replay (the Datastore store does; purging the dead
+letter deletes them) — and keeps them when the failure will be retried, or when the
+stored bytes do not decode (for a fix). A missing entity is a permanent failure,
+logged with its key.
 
 google-cloud-ndb (the ``ndb`` extra) is imported when a stored payload runs.
 """
@@ -67,10 +69,11 @@ def run_stored(client: ReceivingClient, key: object) -> Any:
         try:
             result = payload.func(*payload.args, **payload.kwargs)
         except PermanentTaskFailure:
-            storage.discard(keys, "its task failed permanently")
+            if not client.dead_letters.keeps_payloads:
+                storage.discard(keys, "its task failed permanently")
             raise
         except Exception:
-            if gives_up(metadata, current_task()):
+            if gives_up(metadata, current_task()) and not client.dead_letters.keeps_payloads:
                 storage.discard(keys, "its task exhausted its retry options")
             raise
         storage.discard(keys, "its task succeeded")

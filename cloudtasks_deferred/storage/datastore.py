@@ -21,7 +21,7 @@ from cloudtasks_deferred._memo import once_per_process
 from cloudtasks_deferred.errors import ConfigurationError
 from cloudtasks_deferred.settings import Settings
 
-__all__ = ["Datastore", "shared_ndb_client"]
+__all__ = ["Datastore", "ndb_installed", "shared_ndb_client"]
 
 _logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Datastore:
                 and no NDB client can be made; the message says what to configure.
         """
         mode = True if required_for else self.settings.ndb
-        if mode is False or (mode is None and (self._unavailable or not _ndb_installed())):
+        if mode is False or (mode is None and (self._unavailable or not ndb_installed())):
             return contextlib.nullcontext()
         try:
             ndb = importlib.import_module("google.cloud.ndb")
@@ -91,5 +91,6 @@ def shared_ndb_client(project: str | None) -> Any:
 
 
 @functools.cache
-def _ndb_installed() -> bool:
+def ndb_installed() -> bool:
+    """Whether google-cloud-ndb (the ``ndb`` extra) is installed; found, not imported."""
     return importlib.util.find_spec("google.cloud.ndb") is not None

@@ -48,6 +48,7 @@ __all__ = [
     "DeferredTaskChunk",
     "DeferredTaskEntity",
     "delete",
+    "delete_payload",
     "describe",
     "discard",
     "load_payload",
@@ -137,7 +138,7 @@ def new_id() -> str:
     return secrets.token_hex(16)
 
 
-def store_payload(data: bytes) -> list[ndb.Key]:
+def store_payload(data: bytes, *, name: str | None = None) -> list[ndb.Key]:
     """Stores a payload as a ``_DeferredTaskEntity`` (and chunks) in one transaction.
 
     Inside a transaction the writes join it, and commit or roll back with it;
@@ -146,6 +147,8 @@ def store_payload(data: bytes) -> list[ndb.Key]:
 
     Args:
         data: The bytes to store (a task body frame).
+        name: The head entity's key name; a random one (:func:`new_id`) when ``None``.
+            Storing under a name that exists replaces that payload (a retried write).
 
     Returns:
         The keys written, the head entity's first.
@@ -161,7 +164,7 @@ def store_payload(data: bytes) -> list[ndb.Key]:
             "in one transaction): pass a reference to the data (a Datastore key, a Cloud "
             "Storage object) instead of the data"
         )
-    key = ndb.Key(DeferredTaskEntity, new_id(), namespace=NAMESPACE)
+    key = ndb.Key(DeferredTaskEntity, name or new_id(), namespace=NAMESPACE)
     parts = [data[start : start + CHUNK_BYTES] for start in range(0, len(data), CHUNK_BYTES)]
     head = DeferredTaskEntity(key=key, data=parts[0])
     if len(parts) > 1:
@@ -218,6 +221,24 @@ def load_payload(key: ndb.Key) -> tuple[bytes, list[ndb.Key]] | None:
 def delete(keys: Sequence[ndb.Key]) -> None:
     """Deletes entities by key, outside any transaction (which may have ended)."""
     ndb.non_transactional()(ndb.delete_multi)(list(keys), **NO_CACHE)
+
+
+def delete_payload(key: ndb.Key) -> bool:
+    """Deletes a stored payload and its chunks, outside any transaction.
+
+    Args:
+        key: The head entity's key.
+
+    Returns:
+        Whether the payload existed.
+    """
+    head = key.get(**NO_CACHE)
+    if head is None:
+        return False
+    count = getattr(head, "chunks", None)
+    chunks = range(1, count) if isinstance(count, int) else range(0)
+    delete([key, *(ndb.Key(DeferredTaskChunk, index, parent=key) for index in chunks)])
+    return True
 
 
 def parse_key(value: object, model: type[Any]) -> ndb.Key:

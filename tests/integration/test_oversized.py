@@ -30,6 +30,7 @@ from cloudtasks_deferred.enqueue import oversized
 from cloudtasks_deferred.payload.calls import serialize
 from cloudtasks_deferred.payload.frame import InvalidPayloadError, decode, encode
 from cloudtasks_deferred.storage import entities as storage
+from cloudtasks_deferred.storage.dead_letter_sinks import LoggingDeadLetters
 from cloudtasks_deferred.testing import TEST_SETTINGS, InMemoryQueue, in_memory_queue
 from tests import tasks
 from tests.integration.conftest import PROJECT, Server
@@ -124,7 +125,21 @@ def test_entities_have_the_legacy_shape_and_the_cap_fits_one_commit(
     assert counts() == {"_DeferredTaskEntity": 3, "_DeferredTaskChunk": 1 + 3}
 
 
-def test_entity_is_deleted_after_a_permanent_failure(datastore: DatastoreEmulator) -> None:
+def logging_only(queue: InMemoryQueue) -> None:
+    """Delivers the queue's tasks to a handler whose dead letters are only logged."""
+    queue.app = Handler(
+        client=Client(
+            SETTINGS,
+            transport=queue.transport,
+            authenticator=queue.client.authenticator,
+            dead_letters=LoggingDeadLetters(),
+        )
+    )
+
+
+def test_entity_is_kept_for_the_dead_letter_after_a_permanent_failure(
+    datastore: DatastoreEmulator,
+) -> None:
     blob = payload("incompressible", int(1.5 * MB))
     with in_memory_queue(SETTINGS) as queue:
         deferred.defer(tasks.digest_then_fail_permanently, blob)
@@ -133,6 +148,21 @@ def test_entity_is_deleted_after_a_permanent_failure(datastore: DatastoreEmulato
         [letter] = queue.dead_letters
     assert RECORDER.named("digest_then_fail_permanently") == [fingerprint(blob)]
     assert "cannot succeed" in letter.reason
+    assert counts() == STORED_IN_TWO_ENTITIES  # for a replay: the record points at it
+    with ndb.Client(project=PROJECT).context():
+        [key] = ndb.Query(kind="_DeferredTaskEntity", namespace="").fetch(keys_only=True)
+    assert letter.stored_payload == key.urlsafe().decode()
+
+
+def test_entity_is_deleted_after_a_permanent_failure_when_dead_letters_are_only_logged(
+    datastore: DatastoreEmulator,
+) -> None:
+    blob = payload("incompressible", int(1.5 * MB))
+    with in_memory_queue(SETTINGS) as queue:
+        logging_only(queue)
+        deferred.defer(tasks.digest_then_fail_permanently, blob)
+        assert queue.run_pending() == [HTTPStatus.OK]
+    assert RECORDER.named("digest_then_fail_permanently") == [fingerprint(blob)]
     assert counts() == {}
 
 
@@ -152,7 +182,7 @@ def test_entity_is_kept_after_a_500_and_deleted_after_the_retry_succeeds(
     assert counts() == {}
 
 
-def test_entity_is_deleted_when_the_tasks_own_retry_options_give_up(
+def test_entity_is_kept_when_the_tasks_own_retry_options_give_up(
     datastore: DatastoreEmulator,
 ) -> None:
     blob = payload("incompressible", int(1.5 * MB))
@@ -160,7 +190,12 @@ def test_entity_is_deleted_when_the_tasks_own_retry_options_give_up(
         deferred.defer(tasks.crash_once_then_digest, blob, _retry_options=_no_retries())
         assert queue.run_pending() == [HTTPStatus.OK]  # given up: 200, dead letter
         assert len(queue.dead_letters) == 1
-    assert counts() == {}
+    assert counts() == STORED_IN_TWO_ENTITIES
+    with in_memory_queue(SETTINGS) as queue:
+        logging_only(queue)
+        deferred.defer(tasks.crash_once_then_digest, blob, _retry_options=_no_retries())
+        assert queue.run_pending() == [HTTPStatus.OK]
+    assert counts() == STORED_IN_TWO_ENTITIES  # the second one's deleted: log only
 
 
 def test_a_missing_entity_is_a_permanent_failure_logged_with_its_key(

@@ -18,7 +18,8 @@ from google.cloud import datastore as cloud_datastore
 from cloudtasks_deferred import Client, Handler
 from cloudtasks_deferred.devtools.emulators import DatastoreEmulator
 from cloudtasks_deferred.payload.calls import serialize
-from cloudtasks_deferred.receive.deadletters import InMemoryDeadLetters
+from cloudtasks_deferred.receive.deadletters import InMemoryDeadLetters, LoggingDeadLetters
+from cloudtasks_deferred.storage.dead_letters import Cause
 from tests import tasks
 from tests.conftest import SIGNED_SETTINGS
 from tests.integration.conftest import PROJECT
@@ -80,9 +81,10 @@ def test_an_undecodable_stored_payload_keeps_its_entity_and_is_logged(
     assert "private argument" not in caplog.text
     assert isinstance(client.dead_letters, InMemoryDeadLetters)
     [letter] = client.dead_letters.letters
-    assert letter.task.task_name == "legacy-1"
+    assert letter.task_name == "legacy-1"
     assert "Key('_DeferredTaskEntity', 5150)" in letter.reason
     assert "the entity is kept" in letter.reason
+    assert letter.cause is Cause.INVALID_PAYLOAD
 
 
 def test_the_kept_entity_runs_once_its_payload_is_readable(
@@ -101,9 +103,20 @@ def test_the_kept_entity_runs_once_its_payload_is_readable(
     assert counts() == {}
 
 
-def test_a_task_that_fails_permanently_still_deletes_its_entity(
+def test_a_task_that_fails_permanently_deletes_its_entity_unless_its_dead_letter_keeps_it(
     datastore: DatastoreEmulator, client: Client, issuer: Issuer
 ) -> None:
     key = store_legacy_entity(5152, serialize(tasks.fail_permanently))
     assert run_pointer_task(key, client, issuer) == (200, b"PermanentTaskFailure")
-    assert counts() == {}  # it ran: the legacy rule applies
+    assert counts() == {"_DeferredTaskEntity": 1}  # the dead letter keeps it, for a replay
+    assert isinstance(client.dead_letters, InMemoryDeadLetters)
+    [letter] = client.dead_letters.letters
+    assert (letter.cause, letter.stored_payload) == (
+        Cause.PERMANENT_FAILURE,
+        key.to_legacy_urlsafe(location_prefix="s~").decode(),
+    )
+    logged_only = Client(
+        client.settings, authenticator=client.authenticator, dead_letters=LoggingDeadLetters()
+    )
+    assert run_pointer_task(key, logged_only, issuer) == (200, b"PermanentTaskFailure")
+    assert counts() == {}  # it ran, and nothing can replay it: the legacy rule applies

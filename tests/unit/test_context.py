@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 import pytest
 
 from cloudtasks_deferred import TaskInfo, current_task
-from cloudtasks_deferred.receive.context import running
+from cloudtasks_deferred.receive.context import describe_request, request_scope, running
+from cloudtasks_deferred.traces import TraceContext
 
 
 def test_cloud_tasks_headers() -> None:
@@ -64,4 +65,27 @@ def test_running_sets_and_restores_current_task() -> None:
     assert current_task() is None
     with running(TaskInfo(task_name="a")):
         assert current_task() == TaskInfo(task_name="a")
+    assert current_task() is None
+
+
+def test_the_trace_of_the_task_request() -> None:
+    info = TaskInfo.from_environ(
+        {
+            "HTTP_X_CLOUDTASKS_TASKNAME": "t",
+            "HTTP_TRACEPARENT": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        }
+    )
+    assert info.trace == TraceContext(
+        "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", sampled=False
+    )
+    assert TaskInfo.from_environ({"HTTP_TRACEPARENT": "00-bad"}).trace is None
+
+
+def test_a_request_scope_holds_the_task_described_in_it_until_it_ends() -> None:
+    info = TaskInfo(task_name="t")
+    describe_request(info)  # outside a request's scope: nothing
+    assert current_task() is None
+    with request_scope():
+        describe_request(info)
+        assert current_task() is info
     assert current_task() is None

@@ -15,6 +15,7 @@ from cloudtasks_deferred import errors
 TOOLING = {
     "cloudtasks_deferred.devtools.tasks_emulator",
     "cloudtasks_deferred.devtools.cli",
+    "cloudtasks_deferred.devtools.cli_dead_letters",
     "cloudtasks_deferred.devtools.devcommand",
     "cloudtasks_deferred.devtools.devserver",
     "cloudtasks_deferred.devtools.emulators",

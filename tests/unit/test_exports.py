@@ -39,6 +39,8 @@ def test_package_all_is_pinned() -> None:
         "TaskInfo",
         "PayloadTooLargeError",
         "BadTransactionStateError",
+        "DeadLetterError",
+        "DeadLetters",
     }
     assert len(cloudtasks_deferred.__all__) == len(set(cloudtasks_deferred.__all__))
 

@@ -261,7 +261,7 @@ def test_permanent_failure_gets_200_logged_and_dead_lettered(
     assert isinstance(client.dead_letters, InMemoryDeadLetters)
     [letter] = client.dead_letters.letters
     assert letter.callable_name == "tests.tasks.fail_permanently"
-    assert letter.task.task_name == "task-1"
+    assert letter.task_name == "task-1"
     assert letter.reason == "PermanentTaskFailure: this task cannot succeed"
 
 

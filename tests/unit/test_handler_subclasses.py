@@ -153,7 +153,7 @@ def test_a_permanent_failure_the_override_raises_itself_is_recorded(
     assert answer[:2] == ("PermanentTaskFailure", HTTPStatus.OK)
     [letter] = letters(signed_client)
     assert letter.reason == "PermanentTaskFailure: refused by the app"
-    assert letter.task.task_name == "task-1"
+    assert letter.task_name == "task-1"
     assert (letter.payload_bytes, letter.payload_sha256) == (None, None)  # never read
     [logged] = [r for r in caplog.records if "permanent failure" in r.getMessage()]
     assert logged.levelno == logging.ERROR
@@ -200,8 +200,13 @@ def test_post_never_raises_even_when_nothing_can_be_recorded(
 
 
 class BrokenSink:
+    keeps_payloads = False
+
     def record(self, letter: DeadLetter) -> None:
         raise OSError("sink unreachable")
+
+    def claim(self, letter_id: str) -> bool:
+        return True
 
 
 def test_a_failing_dead_letter_sink_falls_back_to_the_log(

@@ -31,6 +31,7 @@ DEV_TOOL_USES = {
     "types-pyyaml": "import yaml",
     "mutmut": 'with_name("mutmut")',
     "import-linter": "lint-imports",
+    "opentelemetry-sdk": "from opentelemetry.sdk",
 }
 
 
