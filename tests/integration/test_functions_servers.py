@@ -30,7 +30,7 @@ from cloudtasks_deferred.devtools.emulators import free_port
 from cloudtasks_deferred.enqueue.transports.memory import InMemoryTransport
 from tests import file_tasks, tasks
 from tests.integration.conftest import LOCATION, PROJECT
-from tests.integration.processes import ROOT, isolated_env, port_open, wait_until
+from tests.integration.processes import ROOT, isolated_env, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -88,8 +88,8 @@ def function_server(
     )
     try:
         wait_until(
-            f"functions-framework ({request.param}) to listen",
-            lambda: _listening(process, port),
+            f"functions-framework ({request.param}) to answer",
+            lambda: _answering(process, url),
             60,
         )
         yield FunctionServer(url, Client(settings, transport=InMemoryTransport()))
@@ -98,10 +98,16 @@ def function_server(
         log.close()
 
 
-def _listening(process: subprocess.Popen[Any], port: int) -> bool:
+def _answering(process: subprocess.Popen[Any], url: str) -> bool:
+    """Whether the app answers: an open port is not enough, since --debug's reloader
+    listens before its child has imported the app."""
     if process.poll() is not None:
         raise AssertionError(f"functions-framework exited with {process.returncode}")
-    return port_open(port)
+    try:
+        requests.get(url, timeout=1)
+    except requests.RequestException:
+        return False
+    return True
 
 
 def _stop(process: subprocess.Popen[Any]) -> None:
