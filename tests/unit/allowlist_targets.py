@@ -10,15 +10,34 @@ rules tests neither.
 from __future__ import annotations
 
 import collections
+import functools
 import subprocess
 import types
 from typing import Any, Final
 from uuid import UUID  # a safe global re-exported here: allowed through its exact entry
 
-__all__ = ["NAMES", "SHARED", "TAGS", "UUID", "Job", "never_filled_in", "run_elsewhere"]
+__all__ = [
+    "NAMES",
+    "SHARED",
+    "TAGS",
+    "UUID",
+    "Described",
+    "Helper",
+    "Job",
+    "OwnLookup",
+    "never_filled_in",
+    "run_elsewhere",
+]
 
 #: ``subprocess.run`` under a name of this module, at the top level.
 run_elsewhere = subprocess.run
+
+
+class Helper:
+    """A callable class of this module: its instances are allowed callables."""
+
+    def __call__(self) -> str:
+        return "helped"
 
 
 class Job:
@@ -36,10 +55,53 @@ class Job:
     #: Each kind of object the unpickler never fills in, as a class attribute.
     static = staticmethod(len)
     klass = classmethod(len)
+    #: A static method wrapping code of ``subprocess``.
+    spawn = staticmethod(subprocess.run)
+    #: Callable objects stored on the class: one of an allowed class, one not.
+    helper = Helper()
+    runner = functools.partial(subprocess.run)
 
     @property
     def prop(self) -> str:
         return self.name
+
+
+class OwnLookup:
+    """A class of this module with its own ``__getattribute__``: any member could be
+    swapped for anything when looked up."""
+
+    def __getattribute__(self, name: str) -> Any:
+        return object.__getattribute__(self, name)
+
+    def run(self) -> str:
+        return "looked up"
+
+
+class _SetOnly:
+    """A data descriptor by ``__set__`` alone."""
+
+    def __get__(self, obj: object, owner: type | None = None) -> Helper:
+        return Helper()
+
+    def __set__(self, obj: object, value: object) -> None:
+        raise AttributeError("read-only")
+
+
+class _DeleteOnly:
+    """A data descriptor by ``__delete__`` alone."""
+
+    def __get__(self, obj: object, owner: type | None = None) -> Helper:
+        return Helper()
+
+    def __delete__(self, obj: object) -> None:
+        raise AttributeError("read-only")
+
+
+class Described:
+    """Data descriptors that ``getattr`` prefers to the instance's own ``__dict__``."""
+
+    set_only = _SetOnly()
+    delete_only = _DeleteOnly()
 
 
 #: A shared instance: its bound methods are not classes, so not looked into.

@@ -22,7 +22,14 @@ import pytest
 
 from cloudtasks_deferred.payload.allowlist import Allowlist, DisallowedReferenceError, check_entries
 from tests.unit import allowlist_targets
-from tests.unit.allowlist_targets import SHARED, Job, never_filled_in
+from tests.unit.allowlist_targets import (
+    SHARED,
+    Described,
+    Helper,
+    Job,
+    OwnLookup,
+    never_filled_in,
+)
 
 TARGETS = "tests.unit.allowlist_targets"
 ALLOWED = Allowlist([TARGETS])
@@ -309,3 +316,68 @@ def test_a_refused_entry_says_what_to_list_instead() -> None:
         "'os' would let a payload reach arbitrary code; list your task modules and exact "
         "data types (e.g. builtins.len, uuid.UUID) instead"
     )
+
+
+# --- member calls (invoke_member), rule by rule ---------------------------------------------
+
+
+@pytest.mark.parametrize("name", [5, None, "not-a-name", "two words"])
+def test_a_member_name_must_be_an_identifier(name: Any) -> None:
+    with pytest.raises(DisallowedReferenceError, match="whose name is not an identifier"):
+        ALLOWED.check_member(Job("j"), name)
+
+
+def test_a_member_of_a_class_itself_is_looked_up_on_the_class() -> None:
+    ALLOWED.check_member(Job, "run")  # Job.run, not type.run (there is none)
+
+
+def test_a_shared_instance_s_member_is_refused_but_a_shared_class_s_is_not() -> None:
+    with pytest.raises(DisallowedReferenceError, match="on an object it names"):
+        ALLOWED.check_member(SHARED, "run", shared={id(SHARED): SHARED})
+    ALLOWED.check_member(Job, "run", shared={id(Job): Job})
+
+
+def test_an_allowed_class_with_its_own_lookup_is_refused() -> None:
+    # Everything else about OwnLookup.run is allowed: only its __getattribute__ refuses.
+    with pytest.raises(DisallowedReferenceError, match=refused_reference("OwnLookup.run")):
+        ALLOWED.check_member(OwnLookup(), "run")
+
+
+def test_an_instance_attribute_is_checked_as_the_callable_it_holds() -> None:
+    job = Job("j")
+    job.__dict__["run"] = never_filled_in  # shadows Job.run: getattr returns this
+    ALLOWED.check_member(job, "run")
+    job.__dict__["run"] = subprocess.run
+    with pytest.raises(DisallowedReferenceError, match=r"'subprocess\.run'"):
+        ALLOWED.check_member(job, "run")
+
+
+def test_a_static_method_is_checked_as_the_function_it_wraps() -> None:
+    ALLOWED.check_member(Job("j"), "static")  # len: a built-in, allowed as a member
+    with pytest.raises(DisallowedReferenceError, match=r"'subprocess\.run'"):
+        ALLOWED.check_member(Job("j"), "spawn")
+
+
+def test_a_callable_object_stored_on_the_class_is_checked_by_its_class() -> None:
+    ALLOWED.check_member(Job("j"), "helper")  # an instance of allowlist_targets.Helper
+    with pytest.raises(DisallowedReferenceError, match=r"'functools\.partial'"):
+        ALLOWED.check_member(Job("j"), "runner")
+
+
+def test_a_class_listed_exactly_has_its_members_allowed() -> None:
+    # The module is not allowed: only the exact entry for Job lets its member through.
+    exact = Allowlist([f"{TARGETS}.Job"])
+    exact.check_member(Job("j"), "static")
+    with pytest.raises(DisallowedReferenceError):
+        Allowlist(["uuid"]).check_member(Job("j"), "static")
+
+
+@pytest.mark.parametrize("member", ["set_only", "delete_only"])
+def test_a_data_descriptor_on_the_class_wins_over_the_instance_dict(member: str) -> None:
+    # As in getattr: a descriptor with __set__, or with __delete__, answers even though
+    # the instance's __dict__ holds a value of that name. The descriptor's class is
+    # checked (allowed), not the instance's value (subprocess.run).
+    described = Described()
+    described.__dict__[member] = subprocess.run
+    assert isinstance(getattr(described, member), Helper)
+    ALLOWED.check_member(described, member)
