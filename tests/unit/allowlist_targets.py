@@ -25,12 +25,22 @@ __all__ = [
     "Helper",
     "Job",
     "OwnLookup",
+    "make_nested",
     "never_filled_in",
     "run_elsewhere",
 ]
 
 #: ``subprocess.run`` under a name of this module, at the top level.
 run_elsewhere = subprocess.run
+
+
+def make_nested() -> Any:
+    """A function of this module returning one nested in it (``make_nested.<locals>``)."""
+
+    def nested() -> str:
+        return "nested"
+
+    return nested
 
 
 class Helper:

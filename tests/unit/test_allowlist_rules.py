@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import dbm
 import subprocess
+import types
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -28,6 +29,7 @@ from tests.unit.allowlist_targets import (
     Helper,
     Job,
     OwnLookup,
+    make_nested,
     never_filled_in,
 )
 
@@ -381,3 +383,53 @@ def test_a_data_descriptor_on_the_class_wins_over_the_instance_dict(member: str)
     described.__dict__[member] = subprocess.run
     assert isinstance(getattr(described, member), Helper)
     ALLOWED.check_member(described, member)
+
+
+# --- task callables, rule by rule ------------------------------------------------------------
+
+
+def test_a_bound_method_is_judged_by_its_function() -> None:
+    ALLOWED.check_callable(Job("j").run)
+
+
+def test_a_callable_instance_is_judged_by_its_class() -> None:
+    ALLOWED.check_callable(Helper())
+    with pytest.raises(DisallowedReferenceError, match=r"'functools\.partial'"):
+        ALLOWED.check_callable(Job.runner)
+
+
+@pytest.mark.parametrize(
+    ("method", "named"),
+    [
+        (types.MethodType(Helper(), SHARED), f"{TARGETS}.method"),
+        (types.MethodType((1).__add__, 2), "int.__add__"),  # no __module__ to name it by
+    ],
+    ids=["a callable instance", "a method-wrapper"],
+)
+def test_a_method_whose_function_is_not_a_function_is_refused(method: Any, named: str) -> None:
+    with pytest.raises(DisallowedReferenceError) as refused:
+        ALLOWED.check_callable(method)
+    assert str(refused.value).startswith(f"the payload references {named!r}, which")
+
+
+def test_a_built_in_bound_method_is_refused_even_when_listed_exactly() -> None:
+    # [].append is bound to an object every task could share: a payload may call it only
+    # as a member call, where the object is checked. Its exact entry changes nothing.
+    with pytest.raises(DisallowedReferenceError) as refused:
+        Allowlist(["list.append"]).check_callable([].append)
+    assert str(refused.value).startswith("the payload references 'list.append', which")
+
+
+def test_a_function_of_a_module_not_allowed_is_refused_by_its_name() -> None:
+    with pytest.raises(DisallowedReferenceError) as refused:
+        ALLOWED.check_callable(subprocess.run)
+    assert str(refused.value).startswith("the payload references 'subprocess.run', which")
+
+
+def test_a_nested_function_of_an_allowed_module_is_refused() -> None:
+    # make_nested.<locals>.nested: no part starts with "__"; only "<" refuses it.
+    with pytest.raises(DisallowedReferenceError) as refused:
+        ALLOWED.check_callable(make_nested())
+    assert str(refused.value).startswith(
+        f"the payload references '{TARGETS}.make_nested.<locals>.nested', which"
+    )
