@@ -20,6 +20,7 @@ __all__ = [
     "NAMES",
     "SHARED",
     "TAGS",
+    "TALLY",
     "UUID",
     "Described",
     "Helper",
@@ -119,6 +120,8 @@ SHARED: Final = Job("shared")
 #: Shared containers: a pickle that names them may not fill them in (found by the load).
 NAMES: Final[list[str]] = ["default"]
 TAGS: Final[set[str]] = {"test"}
+#: Data whose class is defined elsewhere: an instance has no ``__qualname__``.
+TALLY: Final = collections.Counter[str]()
 
 
 def _function() -> None:

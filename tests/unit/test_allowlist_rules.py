@@ -433,3 +433,12 @@ def test_a_nested_function_of_an_allowed_module_is_refused() -> None:
     assert str(refused.value).startswith(
         f"the payload references '{TARGETS}.make_nested.<locals>.nested', which"
     )
+
+
+@pytest.mark.parametrize("entry", ["collections.XXXX", "collections.None"])
+def test_data_defined_elsewhere_matches_no_exact_entry(entry: str) -> None:
+    # TALLY is a Counter: defined in collections, with no qualified name of its own, so
+    # no entry of collections can name it; only a class or function listed exactly is
+    # admitted where it is re-exported.
+    with pytest.raises(DisallowedReferenceError, match=refused_reference("TALLY")):
+        Allowlist([TARGETS, entry]).loads(proto4(ref(TARGETS, "TALLY")))
