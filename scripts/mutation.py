@@ -18,6 +18,7 @@ Usage::
     scripts/mutation --module frame   # the modules whose path contains "frame"
     scripts/mutation --sample 6       # the CI slice: 6 mutants per module, fixed
     scripts/mutation --keep           # reuse results of the previous run (mutants/)
+    scripts/mutation --keep --survivors   # re-test only what the last run did not kill
 
 The slice picks, in each module, the mutants whose names hash lowest (SHA-256): the
 same mutants for the same code on every machine. It exits 1 if a sampled mutant that
@@ -83,6 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, metavar="N", help="N mutants per module (CI)")
     parser.add_argument("--module", action="append", default=[], help="path substring")
     parser.add_argument("--keep", action="store_true", help="reuse mutants/ from a last run")
+    parser.add_argument(
+        "--survivors",
+        action="store_true",
+        help="with --keep: re-test only the mutants the last run did not detect (after "
+        "adding tests; a mutant it detected stays detected when tests are only added)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once")
     args = parser.parse_args(argv)
 
@@ -96,12 +103,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.sample is not None:
         names_by_path = {p: sample(names, args.sample) for p, names in names_by_path.items()}
     selected = [name for names in names_by_path.values() for name in names]
+    if args.survivors:
+        if not args.keep:
+            parser.error("--survivors re-tests the last run's survivors: add --keep")
+        detected = {name for name, status in read_statuses().items() if status in DETECTED}
+        selected = [name for name in selected if name not in detected]
+        if not selected:
+            print("the last run left no survivor to re-test")
     print(f"mutation testing: {len(selected)} mutants of {len(paths)} modules", flush=True)
 
     if not args.keep:
         shutil.rmtree(WORKDIR, ignore_errors=True)
     started = time.monotonic()
-    if not run_mutmut(selected, args.jobs):
+    if selected and not run_mutmut(selected, args.jobs):
         return 2
     print(f"ran in {time.monotonic() - started:.0f} s (log: {LOG.relative_to(ROOT)})")
 
