@@ -442,3 +442,53 @@ def test_data_defined_elsewhere_matches_no_exact_entry(entry: str) -> None:
     # admitted where it is re-exported.
     with pytest.raises(DisallowedReferenceError, match=refused_reference("TALLY")):
         Allowlist([TARGETS, entry]).loads(proto4(ref(TARGETS, "TALLY")))
+
+
+# --- the library's callables in a task --------------------------------------------------------
+
+INVOKE_MEMBER_REF = ref("cloudtasks_deferred.payload", "invoke_member")
+RUN_FROM_DATASTORE_REF = ref("cloudtasks_deferred.deferred", "run_from_datastore")
+
+
+def task(func: bytes, *args: bytes) -> bytes:
+    """A ``(func, args, {})`` task tuple of hand-written opcodes."""
+    return proto4(func, b"(", *args, b"t}\x87")
+
+
+def test_run_from_datastore_is_refused_by_name_where_the_library_gave_none() -> None:
+    with pytest.raises(DisallowedReferenceError) as refused:
+        ALLOWED.loads(task(RUN_FROM_DATASTORE_REF, text("key")))
+    assert str(refused.value).startswith(
+        "the payload references 'cloudtasks_deferred.deferred.run_from_datastore', which"
+    )
+
+
+def test_run_from_datastore_stands_for_the_function_the_library_gave() -> None:
+    def run_stored(key: str) -> None:
+        """What the facade passes as run_from_datastore."""
+
+    library = Allowlist(
+        [TARGETS], library={"cloudtasks_deferred.deferred.run_from_datastore": run_stored}
+    )
+    assert library.loads(task(RUN_FROM_DATASTORE_REF, text("key"))) == (run_stored, ("key",), {})
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        b"(" + ref(TARGETS, "Job") + b"t",  # a tuple of one: no member name
+        b"(" + ref(TARGETS, "Job") + text("run") + b"l",  # a list, not a tuple
+    ],
+    ids=["one argument", "a list"],
+)
+def test_invoke_member_needs_a_tuple_of_an_object_and_a_name(args: bytes) -> None:
+    with pytest.raises(DisallowedReferenceError) as refused:
+        ALLOWED.loads(proto4(INVOKE_MEMBER_REF, args, b"}\x87"))
+    assert str(refused.value) == "invoke_member needs an object and a member name"
+
+
+def test_invoke_member_on_an_instance_the_pickle_names_is_refused() -> None:
+    # SHARED.run passes every other rule (Job is allowed, run is its own method): only
+    # the objects the load found, handed to check_member, refuse it.
+    with pytest.raises(DisallowedReferenceError, match="on an object it names"):
+        ALLOWED.loads(task(INVOKE_MEMBER_REF, ref(TARGETS, "SHARED"), text("run")))
