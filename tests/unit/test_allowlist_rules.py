@@ -286,3 +286,9 @@ def test_data_defined_elsewhere_matches_no_exact_entry(entry: str) -> None:
     # admitted where it is re-exported.
     with pytest.raises(DisallowedReferenceError, match=refused_reference("TALLY")):
         Allowlist([TARGETS, entry]).loads(proto4(ref(TARGETS, "TALLY")))
+
+
+def test_entries_after_invoke_member_are_checked_too() -> None:
+    # Listing invoke_member (always allowed) skips that entry, not the rest.
+    with pytest.raises(ValueError, match="'os' would let a payload reach arbitrary code"):
+        check_entries(["cloudtasks_deferred.payload.invoke_member", "os"])
