@@ -3,19 +3,50 @@ what an overriding ``run_from_request`` that cannot be recorded leaves in the lo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from http import HTTPStatus
 from typing import Any
 
 import pytest
 
+from cloudtasks_deferred import Client
 from cloudtasks_deferred.errors import ConfigurationError
+from cloudtasks_deferred.payload.calls import serialize
+from cloudtasks_deferred.payload.frame import encode
+from cloudtasks_deferred.receive import handler as handler_module
+from cloudtasks_deferred.receive.deadletters import InMemoryDeadLetters
 from cloudtasks_deferred.receive.handler import HeaderLogLevel, TaskHandler
 from cloudtasks_deferred.receive.wsgi import Response
+from cloudtasks_deferred.storage.dead_letters import Cause, DeadLetter, Status
+from tests import tasks
+from tests.oidc import Issuer
+from tests.tasks import RECORDER
 from tests.wsgi import environ
 
 HANDLER_LOGGER = "cloudtasks_deferred.receive.handler"
+
+
+def delivery(issuer: Issuer, body: bytes, retry_count: int = 0) -> dict[str, Any]:
+    """A request from Cloud Tasks for task-1 of queue default."""
+    headers = {
+        "Authorization": f"Bearer {issuer.token()}",
+        "X-CloudTasks-QueueName": "default",
+        "X-CloudTasks-TaskName": "task-1",
+        "X-CloudTasks-TaskRetryCount": str(retry_count),
+    }
+    return environ(body, headers=headers)
+
+
+class SteppedClock:
+    """Stands in for the handler's ``time`` module: each ``monotonic()`` is the next value."""
+
+    def __init__(self, *values: float) -> None:
+        self._values: Iterator[float] = iter(values)
+
+    def monotonic(self) -> float:
+        return next(self._values)
 
 
 class BrokenOverride(TaskHandler):
@@ -75,3 +106,39 @@ def test_an_override_s_failure_that_cannot_be_recorded_is_logged_naming_the_subc
     # The traceback is why it could not be recorded: here, no client to record with.
     assert record.exc_info is not None
     assert isinstance(record.exc_info[1], ConfigurationError)
+
+
+def test_a_task_s_run_time_is_logged_in_milliseconds(
+    signed_client: Client,
+    issuer: Issuer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(handler_module, "time", SteppedClock(100.0, 100.25))
+    body = encode(serialize(tasks.record, "x"))
+    with caplog.at_level(logging.INFO, logger=HANDLER_LOGGER):
+        answer = TaskHandler(signed_client).post(delivery(issuer, body))
+    assert answer[:2] == ("Success", HTTPStatus.OK)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records if "ran " in r.getMessage()] == [
+        (logging.INFO, "task task-1 (queue default, retry 0): ran tests.tasks.record in 250 ms")
+    ]
+
+
+def test_a_redelivery_whose_dead_letter_was_replayed_answers_200_and_runs_nothing(
+    signed_client: Client, issuer: Issuer
+) -> None:
+    # The replay's own task runs it; this delivery (whose answer was lost) must not.
+    body = encode(serialize(tasks.record, "x"))
+    sink = signed_client.dead_letters
+    assert isinstance(sink, InMemoryDeadLetters)
+    letter = DeadLetter.new(
+        cause=Cause.PERMANENT_FAILURE,
+        reason="PermanentTaskFailure: fixed since",
+        payload=body,
+        queue_name="default",
+        task_name="task-1",
+    )
+    sink.record(dataclasses.replace(letter, status=Status.REPLAYED))
+    answer = TaskHandler(signed_client).post(delivery(issuer, body, retry_count=1))
+    assert answer[:2] == ("Success: its dead letter was replayed", HTTPStatus.OK)
+    assert RECORDER.named("record") == []
