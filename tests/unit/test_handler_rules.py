@@ -4,6 +4,7 @@ what an overriding ``run_from_request`` that cannot be recorded leaves in the lo
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from collections.abc import Iterator, Mapping
 from http import HTTPStatus
@@ -142,3 +143,45 @@ def test_a_redelivery_whose_dead_letter_was_replayed_answers_200_and_runs_nothin
     answer = TaskHandler(signed_client).post(delivery(issuer, body, retry_count=1))
     assert answer[:2] == ("Success: its dead letter was replayed", HTTPStatus.OK)
     assert RECORDER.named("record") == []
+
+
+def test_the_task_headers_are_logged_in_one_line_as_the_argument_never_the_format(
+    signed_client: Client, issuer: Issuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Header values come from the request: as the format string, a "%" in one would be
+    # read as a placeholder by handlers that format record.msg themselves.
+    body = encode(serialize(tasks.record, "x"))
+    with caplog.at_level(logging.INFO, logger=HANDLER_LOGGER):
+        TaskHandler(signed_client).post(delivery(issuer, body))
+    [record] = [r for r in caplog.records if "X_CLOUDTASKS_" in r.getMessage()]
+    headers = (
+        "X_CLOUDTASKS_QUEUENAME:default, X_CLOUDTASKS_TASKNAME:task-1, "
+        "X_CLOUDTASKS_TASKRETRYCOUNT:0"
+    )
+    assert (record.levelno, record.getMessage()) == (logging.INFO, headers)
+    assert (record.msg, record.args) == ("%s", (headers,))
+
+
+def test_a_malformed_content_length_is_named_in_the_400(
+    signed_client: Client, issuer: Issuer
+) -> None:
+    env = delivery(issuer, encode(serialize(tasks.record, "x")))
+    env["CONTENT_LENGTH"] = "12a"
+    assert TaskHandler(signed_client).post(env)[:2] == (
+        "BadRequest: invalid Content-Length",
+        HTTPStatus.BAD_REQUEST,
+    )
+    assert RECORDER.calls == []
+
+
+def test_a_request_without_a_body_is_dead_lettered_as_zero_bytes(
+    signed_client: Client, issuer: Issuer
+) -> None:
+    # Neither Content-Length nor chunked: HTTP/1.1 says the body is empty.
+    env = delivery(issuer, b"")
+    env["CONTENT_LENGTH"] = ""
+    assert TaskHandler(signed_client).post(env)[:2] == ("PermanentTaskFailure", HTTPStatus.OK)
+    assert isinstance(signed_client.dead_letters, InMemoryDeadLetters)
+    [letter] = signed_client.dead_letters.letters
+    assert (letter.payload, letter.payload_bytes) == (b"", 0)
+    assert letter.payload_sha256 == hashlib.sha256(b"").hexdigest()
