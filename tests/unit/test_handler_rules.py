@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from cloudtasks_deferred import Client
-from cloudtasks_deferred.errors import ConfigurationError
+from cloudtasks_deferred.errors import ConfigurationError, PayloadRefusedError
 from cloudtasks_deferred.payload.calls import serialize
 from cloudtasks_deferred.payload.frame import encode
 from cloudtasks_deferred.receive import handler as handler_module
@@ -185,3 +185,31 @@ def test_a_request_without_a_body_is_dead_lettered_as_zero_bytes(
     [letter] = signed_client.dead_letters.letters
     assert (letter.payload, letter.payload_bytes) == (b"", 0)
     assert letter.payload_sha256 == hashlib.sha256(b"").hexdigest()
+
+
+def test_a_refused_request_is_logged_at_warning_with_what_it_asked_for_and_why(
+    signed_client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger=HANDLER_LOGGER):
+        answer = TaskHandler(signed_client).post(environ(b"never read"))
+    reason = "the request has no Authorization: Bearer token"
+    assert answer[:2] == (f"Forbidden: {reason}", HTTPStatus.FORBIDDEN)
+    [record] = caplog.records
+    assert (record.levelno, record.getMessage()) == (
+        logging.WARNING,
+        f"refused a task request: {reason}",
+    )
+
+
+class RefusingOverride(TaskHandler):
+    """An override that checks the payload itself and refuses it."""
+
+    def run_from_request(self, environ: Mapping[str, Any]) -> Response:
+        raise PayloadRefusedError("the payload is not signed")
+
+
+def test_a_payload_an_override_refuses_gets_403_naming_the_check(
+    signed_client: Client, issuer: Issuer
+) -> None:
+    answer = RefusingOverride(signed_client).post(delivery(issuer, b"x"))
+    assert answer[:2] == ("Forbidden: the payload is not signed", HTTPStatus.FORBIDDEN)
