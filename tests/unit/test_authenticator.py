@@ -169,3 +169,21 @@ def test_request_authenticator_is_usable_directly(issuer: Issuer) -> None:
     )
     auth = RequestAuthenticator(trust_app_engine_headers=False, verifier=verifier)
     assert auth.authenticate(bearer(issuer.token())).identity == INVOKER
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            Settings(platform=Platform.CLOUD_RUN),
+            "task authentication is not configured on this service",
+        ),
+        (APP_ENGINE, "the request is not from an App Engine queue and OIDC is not configured"),
+    ],
+    ids=["elsewhere", "app engine"],
+)
+def test_without_oidc_the_refusal_says_what_is_missing(settings: Settings, message: str) -> None:
+    auth = authenticator_for(settings)
+    with pytest.raises(AuthenticationError) as refused:
+        auth.authenticate({"HTTP_X_CLOUDTASKS_QUEUENAME": "default"})
+    assert str(refused.value) == message

@@ -178,6 +178,25 @@ def test_clock_skew_is_the_documented_ten_seconds(issuer: Issuer) -> None:
         at(iat - CLOCK_SKEW_SECONDS - 1).verify(issuer.token(iat=iat))
 
 
+def test_a_token_is_valid_through_both_skewed_bounds_inclusive(issuer: Issuer) -> None:
+    # As google-auth's own checks: expired only after exp + skew, not valid only
+    # before iat - skew.
+    exp = int(time.time()) + 3600
+    iat = int(time.time())
+
+    def at(now: float) -> OIDCVerifier:
+        return OIDCVerifier(
+            certs=StaticCerts(issuer.certs),
+            audiences=[AUDIENCE],
+            invokers=[INVOKER],
+            clock=lambda: now,
+            cache_size=0,
+        )
+
+    assert at(exp + CLOCK_SKEW_SECONDS).verify(issuer.token(exp=exp))["exp"] == exp
+    assert at(iat - CLOCK_SKEW_SECONDS).verify(issuer.token(iat=iat))["iat"] == iat
+
+
 @pytest.mark.parametrize(
     "claims",
     [{"exp": True}, {"iat": True}, {"iat": False}, {"exp": 1.5e10, "iat": True}],
