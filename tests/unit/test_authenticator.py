@@ -187,3 +187,16 @@ def test_without_oidc_the_refusal_says_what_is_missing(settings: Settings, messa
     with pytest.raises(AuthenticationError) as refused:
         auth.authenticate({"HTTP_X_CLOUDTASKS_QUEUENAME": "default"})
     assert str(refused.value) == message
+
+
+def test_an_authenticator_built_without_a_verifier_or_hint_logs_the_refusal_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    auth = RequestAuthenticator(trust_app_engine_headers=False, verifier=None)
+    with caplog.at_level(logging.ERROR, logger="cloudtasks_deferred.receive.auth"):
+        for _ in range(2):
+            with pytest.raises(AuthenticationError):
+                auth.authenticate({})
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.ERROR, "refusing every task request: ")
+    ]
