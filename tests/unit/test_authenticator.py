@@ -169,3 +169,59 @@ def test_request_authenticator_is_usable_directly(issuer: Issuer) -> None:
     )
     auth = RequestAuthenticator(trust_app_engine_headers=False, verifier=verifier)
     assert auth.authenticate(bearer(issuer.token())).identity == INVOKER
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            Settings(platform=Platform.CLOUD_RUN),
+            "task authentication is not configured on this service",
+        ),
+        (APP_ENGINE, "the request is not from an App Engine queue and OIDC is not configured"),
+    ],
+    ids=["elsewhere", "app engine"],
+)
+def test_without_oidc_the_refusal_says_what_is_missing(settings: Settings, message: str) -> None:
+    auth = authenticator_for(settings)
+    with pytest.raises(AuthenticationError) as refused:
+        auth.authenticate({"HTTP_X_CLOUDTASKS_QUEUENAME": "default"})
+    assert str(refused.value) == message
+
+
+def test_an_authenticator_built_without_a_verifier_or_hint_logs_the_refusal_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    auth = RequestAuthenticator(trust_app_engine_headers=False, verifier=None)
+    with caplog.at_level(logging.ERROR, logger="cloudtasks_deferred.receive.auth"):
+        for _ in range(2):
+            with pytest.raises(AuthenticationError):
+                auth.authenticate({})
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.ERROR, "refusing every task request: ")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("platform", "suffix"),
+    [
+        (Platform.CLOUD_RUN, ", or deploy on App Engine standard to use queue headers"),
+        (Platform.APP_ENGINE, ""),
+    ],
+    ids=["elsewhere", "app engine"],
+)
+def test_the_hint_says_which_settings_to_set_and_where_queue_headers_work(
+    caplog: pytest.LogCaptureFixture, platform: Platform, suffix: str
+) -> None:
+    auth = authenticator_for(Settings(platform=platform))
+    with (
+        caplog.at_level(logging.ERROR, logger="cloudtasks_deferred.receive.auth"),
+        pytest.raises(AuthenticationError),
+    ):
+        auth.authenticate({})
+    assert [r.getMessage() for r in caplog.records] == [
+        "refusing every task request: set CLOUDTASKS_DEFERRED_SERVICE_ACCOUNT (or "
+        "CLOUDTASKS_DEFERRED_ALLOWED_INVOKERS) to the service account Cloud Tasks signs "
+        "tokens as, and CLOUDTASKS_DEFERRED_BASE_URL (or CLOUDTASKS_DEFERRED_AUDIENCE) to "
+        "this service's URL" + suffix
+    ]

@@ -98,8 +98,14 @@ def test_without_a_usable_max_age_the_cache_lasts_the_default(
     assert endpoint.calls == 2
 
 
-@pytest.mark.parametrize("age", ["abc", "", "1e999x"], ids=["text", "empty", "garbage"])
-def test_an_unreadable_age_header_counts_as_zero(clock: Clock, age: str) -> None:
+@pytest.mark.parametrize(
+    "age",
+    ["abc", "", "1e999x", "nan", "inf", "-inf", "-500"],
+    ids=["text", "empty", "garbage", "nan", "infinite", "minus infinite", "negative"],
+)
+def test_an_age_header_that_is_no_delta_seconds_counts_as_zero(clock: Clock, age: str) -> None:
+    # "nan" once made the lifetime NaN: certificates that expired at once, and 503s
+    # between fetches; a negative Age would have lengthened max-age.
     cache = CachedCerts(
         "https://certs",
         fetch=lambda url: (200, {"Cache-Control": "max-age=600", "Age": age}, b'{"k1": "P"}'),

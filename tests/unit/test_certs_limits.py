@@ -180,3 +180,114 @@ def test_the_certificate_fetch_gives_up_after_ten_seconds(monkeypatch: pytest.Mo
     monkeypatch.setattr(requests, "get", get)
     assert CachedCerts(URL).get("k1") == "PEM1"
     assert calls == [((URL,), {"timeout": 10.0})]
+
+
+def test_an_age_below_one_second_still_shortens_the_lifetime() -> None:
+    clock = Clock()
+    headers = {"Cache-Control": "max-age=600", "Age": "0.5"}
+    cache = CachedCerts(URL, fetch=lambda url: (200, headers, CERTS), clock=clock)
+    cache.get("k1")
+    clock.now = 1599.25
+    cache.get("k1")
+    assert cache.fetch_count == 1
+    clock.now = 1599.5  # 600 - 0.5 s after the fetch
+    cache.get("k1")
+    assert cache.fetch_count == 2
+
+
+def test_an_unknown_key_id_refreshes_after_the_interval_whatever_the_clock_s_origin() -> None:
+    # time.monotonic's origin is undefined: its readings may be negative.
+    clock, rotated = Clock(-1000.0), {"k1": "PEM1"}
+    cache = CachedCerts(
+        URL,
+        fetch=lambda url: (200, {"Cache-Control": "max-age=600"}, json.dumps(rotated).encode()),
+        clock=clock,
+    )
+    assert cache.get("k1") == "PEM1"
+    rotated["k2"] = "PEM2"
+    clock.now = -1000.0 + certs_module.MIN_REFRESH_INTERVAL
+    assert cache.get("k2") == "PEM2"
+    assert cache.fetch_count == 2
+
+
+class WatchedLock:
+    """Stands in for the cache's lock: counts acquisitions, and tells when one has to wait."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.acquired = 0
+        self.contended = threading.Event()
+
+    def acquire(self, blocking: bool = True) -> bool:
+        if not self._lock.acquire(blocking=False):
+            self.contended.set()
+            if not blocking or not self._lock.acquire(timeout=10):
+                return False
+        self.acquired += 1
+        return True
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+def test_readers_of_fresh_certificates_take_no_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A known key, or an unknown one refreshed less than MIN_REFRESH_INTERVAL ago:
+    # answered from the cache without the lock, so no reader queues behind a fetch.
+    clock, endpoint = Clock(), Endpoint()
+    cache = CachedCerts(URL, fetch=endpoint, clock=clock)
+    cache.get("k1")
+    lock = WatchedLock()
+    monkeypatch.setattr(cache, "_lock", lock)
+    clock.now = 1010.0
+    assert cache.get("unknown") is None
+    clock.now = 1599.0  # 599 s after the last fetch: still fresh
+    assert cache.get("k1") == "PEM1"
+    assert (lock.acquired, endpoint.calls) == (0, 1)
+
+
+def test_at_the_end_of_the_grace_a_request_waits_for_the_refresh_in_flight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Fetched at 1000 with max-age 600: expired at 1600, usable until 5200. At 5200 a
+    # request finding another's refresh in flight must wait for it, not verify with
+    # the expired certificates; that refresh fails, so it answers unavailable too.
+    clock = Clock()
+    started, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def fetch(url: str) -> tuple[int, Mapping[str, str], bytes]:
+        calls.append(url)
+        if len(calls) == 1:
+            return 200, {"Cache-Control": "max-age=600"}, CERTS
+        started.set()
+        release.wait(10)
+        raise OSError("network down")
+
+    cache = CachedCerts(URL, fetch=fetch, clock=clock)
+    cache.get("k1")
+    lock = WatchedLock()
+    monkeypatch.setattr(cache, "_lock", lock)
+    clock.now = 5200.0
+    outcomes: dict[str, object] = {}
+
+    def get(who: str) -> None:
+        try:
+            outcomes[who] = cache.get("k1")
+        except CertsUnavailableError as exc:
+            outcomes[who] = str(exc)
+
+    refresher = threading.Thread(target=get, args=("refresher",))
+    refresher.start()
+    assert started.wait(10)
+    waiter = threading.Thread(target=get, args=("waiter",))
+    waiter.start()
+    assert lock.contended.wait(10)  # the waiter reached the lock the refresher holds
+    release.set()
+    refresher.join(10)
+    waiter.join(10)
+    assert outcomes == {
+        "refresher": f"cannot fetch token certificates from {URL}: network down",
+        "waiter": f"cannot fetch token certificates from {URL}: network down; "
+        "retrying at most every 5 s",
+    }
+    assert len(calls) == 2

@@ -5,7 +5,8 @@ Fast tests of each rule of :mod:`cloudtasks_deferred.receive.guard` (the end-to-
 unable to release another's lease, the run entry finished when the call succeeded,
 failed permanently or exhausted its retry options, and namespaces. They use the
 integration tests' session-scoped emulator fixture (a real Datastore, started once,
-about two seconds); without the emulator they skip, and fail under ``CI=true``.
+about two seconds, from ``conftest.py``); without the emulator they skip, and fail
+under ``CI=true``.
 """
 
 from __future__ import annotations
@@ -28,14 +29,8 @@ from cloudtasks_deferred.receive import guard
 from cloudtasks_deferred.receive.context import TaskInfo, running
 from cloudtasks_deferred.storage import entities as storage
 from cloudtasks_deferred.testing import TEST_SETTINGS
-from tests.integration import conftest as integration
 
 pytestmark = pytest.mark.integration
-
-# The integration tests' fixtures: one emulator per session, emptied before each test.
-emulator_logs = integration.emulator_logs
-datastore_emulator = integration.datastore_emulator
-datastore = integration.datastore
 
 #: A project of these tests' own, so that the process's shared NDB client for it is made
 #: while NDB points at this session's emulator.

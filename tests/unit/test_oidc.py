@@ -12,11 +12,29 @@ import pytest
 from cloudtasks_deferred.receive.auth.certs import StaticCerts
 from cloudtasks_deferred.receive.auth.oidc import (
     CLOCK_SKEW_SECONDS,
+    MAX_TIMESTAMP,
     MAX_TOKEN_BYTES,
     AuthenticationError,
     OIDCVerifier,
 )
 from tests.oidc import AUDIENCE, INVOKER, Issuer
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+#: A header whose "alg" is NaN: JSON only with Python's extensions.
+NAN_HEADER = _b64(b'{"alg":NaN}')
+
+
+def noncanonical_signature(token: str) -> str:
+    """``token`` with its signature's unused low bits set: the same bytes, another string."""
+    header, claims, signature = token.split(".")
+    assert len(signature) % 4 == 2  # a 256-byte RS256 signature: 4 unused bits at the end
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet[alphabet.index(signature[-1]) + 1]
+    return f"{header}.{claims}.{signature[:-1]}{last}"
 
 
 def reheader(issuer: Issuer, **changes: Any) -> str:
@@ -53,40 +71,59 @@ def test_small_clock_skew_is_tolerated(verifier: OIDCVerifier, issuer: Issuer) -
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
-        (lambda i: "not-a-jwt", "not a valid JWT"),
-        (lambda i: "a.b.c", "not a valid JWT"),
-        (lambda i: i.token()[:-10], "signature does not verify"),
-        (lambda i: i.unsigned_token(), "not signed with RS256"),
-        (lambda i: i.hs256_token(), "not signed with RS256"),
-        (lambda i: Issuer(kid=i.kid).token(), "signature does not verify"),
-        (lambda i: Issuer(kid="other").token(), "unknown key"),
-        (lambda i: i.token(exp=int(time.time()) - 60), "expired"),
-        (lambda i: i.token(iat=int(time.time()) + 300), "not valid yet"),
-        (lambda i: i.token(nbf=int(time.time()) + 300), "not valid yet"),
-        (lambda i: i.token(exp=None), "lacks numeric exp and iat"),
-        (lambda i: i.token(iat="yesterday"), "lacks numeric exp and iat"),
-        (lambda i: i.token(iss="https://evil.example"), "issuer is not Google"),
-        (lambda i: i.token(iss=None), "issuer is not Google"),
-        (lambda i: i.token(aud="https://other-service.a.run.app"), "audience is not this"),
-        (lambda i: i.token(aud=[AUDIENCE]), "audience is not this"),
-        (lambda i: i.token(email="attacker@evil.example"), "not an allowed invoker"),
-        (lambda i: i.token(email=None), "not an allowed invoker"),
-        (lambda i: i.token(email_verified=False), "not verified"),
-        (lambda i: i.token(email_verified="true"), "not verified"),
-        (lambda i: i.token(email_verified=None), "not verified"),
-        (lambda i: "x" * 20000, "too long"),
-        (lambda i: reheader(i, alg="RS512"), "not signed with RS256"),
-        (lambda i: reheader(i, alg="ES256"), "not signed with RS256"),
-        (lambda i: reheader(i, alg="rs256"), "not signed with RS256"),
-        (lambda i: reheader(i, kid=None), "names no signing key"),
-        (lambda i: reheader(i, kid=""), "names no signing key"),
-        (lambda i: i.token(iss="accounts.google.com.evil.example"), "issuer is not Google"),
-        (lambda i: i.token(email=INVOKER.upper()), "not an allowed invoker"),
-        (lambda i: i.token(aud=AUDIENCE + "/_ah/queue/deferred"), "audience is not this"),
-        (lambda i: i.token(aud=AUDIENCE + "/?q=1"), "audience is not this"),
-        (lambda i: i.token().replace(".", ". ", 2), "not a valid JWT"),
-        (lambda i: i.token() + "==", "not a valid JWT"),
-        (lambda i: i.token() + ".x", "not a valid JWT"),
+        (lambda i: "not-a-jwt", "the bearer token is not a valid JWT"),
+        (lambda i: "a.b.c", "the bearer token is not a valid JWT"),
+        (lambda i: i.token()[:-10], "the token signature does not verify"),
+        (lambda i: i.unsigned_token(), "the token is not signed with RS256"),
+        (lambda i: i.hs256_token(), "the token is not signed with RS256"),
+        (lambda i: Issuer(kid=i.kid).token(), "the token signature does not verify"),
+        (lambda i: Issuer(kid="other").token(), "the token is signed by an unknown key"),
+        (lambda i: i.token(exp=int(time.time()) - 60), "the token has expired"),
+        (lambda i: i.token(iat=int(time.time()) + 300), "the token is not valid yet"),
+        (lambda i: i.token(nbf=int(time.time()) + 300), "the token is not valid yet"),
+        (lambda i: i.token(exp=None), "the token lacks numeric exp and iat claims"),
+        (lambda i: i.token(iat="yesterday"), "the token lacks numeric exp and iat claims"),
+        (lambda i: i.token(iss="https://evil.example"), "the token issuer is not Google"),
+        (lambda i: i.token(iss=None), "the token issuer is not Google"),
+        (
+            lambda i: i.token(aud="https://other-service.a.run.app"),
+            "the token audience is not this service",
+        ),
+        (lambda i: i.token(aud=[AUDIENCE]), "the token audience is not this service"),
+        (
+            lambda i: i.token(email="attacker@evil.example"),
+            "the token email is not an allowed invoker",
+        ),
+        (lambda i: i.token(email=None), "the token email is not an allowed invoker"),
+        (lambda i: i.token(email_verified=False), "the token email is not verified"),
+        (lambda i: i.token(email_verified="true"), "the token email is not verified"),
+        (lambda i: i.token(email_verified=None), "the token email is not verified"),
+        (lambda i: "x" * 20000, "the bearer token is too long"),
+        (lambda i: reheader(i, alg="RS512"), "the token is not signed with RS256"),
+        (lambda i: reheader(i, alg="ES256"), "the token is not signed with RS256"),
+        (lambda i: reheader(i, alg="rs256"), "the token is not signed with RS256"),
+        (lambda i: reheader(i, kid=None), "the token names no signing key"),
+        (lambda i: reheader(i, kid=""), "the token names no signing key"),
+        (
+            lambda i: i.token(iss="accounts.google.com.evil.example"),
+            "the token issuer is not Google",
+        ),
+        (lambda i: i.token(email=INVOKER.upper()), "the token email is not an allowed invoker"),
+        (
+            lambda i: i.token(aud=AUDIENCE + "/_ah/queue/deferred"),
+            "the token audience is not this service",
+        ),
+        (lambda i: i.token(aud=AUDIENCE + "/?q=1"), "the token audience is not this service"),
+        (lambda i: i.token().replace(".", ". ", 2), "the bearer token is not a valid JWT"),
+        (lambda i: i.token() + "==", "the bearer token is not a valid JWT"),
+        (lambda i: i.token() + ".x", "the bearer token is not a valid JWT"),
+        (lambda i: i.token(nbf="soon"), "the token's nbf claim is not a valid time"),
+        (lambda i: noncanonical_signature(i.token()), "the bearer token is not a valid JWT"),
+        (lambda i: "AB.e30.AA", "the bearer token is not a valid JWT"),
+        (lambda i: f"{NAN_HEADER}.e30.AA", "the bearer token is not a valid JWT"),
+        (lambda i: i.token() + "AAA", "the bearer token is not a valid JWT"),
+        (lambda i: "e30.e30.AAAX", "the token is not signed with RS256"),
+        (lambda i: f"{_b64(b'[]')}.e30.AA", "the bearer token is not a valid JWT"),
     ],
     ids=[
         "garbage",
@@ -123,19 +160,37 @@ def test_small_clock_skew_is_tolerated(verifier: OIDCVerifier, issuer: Issuer) -
         "space inside (decoders skip it)",
         "padding",
         "four segments",
+        "nbf not a time",
+        "signature with unused bits set",
+        "header with unused bits set",
+        "NaN in the header",
+        "signature of no possible length",
+        "canonical segment ending in X",
+        "header not an object",
     ],
 )
 def test_bad_tokens_are_refused_with_the_failed_check(
     verifier: OIDCVerifier, issuer: Issuer, make: Any, reason: str
 ) -> None:
-    with pytest.raises(AuthenticationError, match=reason):
+    with pytest.raises(AuthenticationError) as refused:
         verifier.verify(make(issuer))
+    assert str(refused.value) == reason
+
+
+def test_time_claims_at_the_documented_bounds_are_numbers(
+    verifier: OIDCVerifier, issuer: Issuer
+) -> None:
+    # exp, iat and nbf are numbers from 0 to MAX_TIMESTAMP, both included.
+    assert verifier.verify(issuer.token(iat=0))["iat"] == 0
+    assert verifier.verify(issuer.token(nbf=0))["nbf"] == 0
+    assert verifier.verify(issuer.token(exp=MAX_TIMESTAMP))["exp"] == MAX_TIMESTAMP
 
 
 def test_a_verifier_needs_an_audience_and_an_invoker(issuer: Issuer) -> None:
-    with pytest.raises(ValueError, match="at least one audience"):
+    message = "^an OIDC verifier needs at least one audience and one invoker$"
+    with pytest.raises(ValueError, match=message):
         OIDCVerifier(certs=StaticCerts(issuer.certs), audiences=[], invokers=[INVOKER])
-    with pytest.raises(ValueError, match="at least one audience"):
+    with pytest.raises(ValueError, match=message):
         OIDCVerifier(certs=StaticCerts(issuer.certs), audiences=[AUDIENCE], invokers=[])
 
 
@@ -176,6 +231,25 @@ def test_clock_skew_is_the_documented_ten_seconds(issuer: Issuer) -> None:
     at(iat - CLOCK_SKEW_SECONDS + 1).verify(issuer.token(iat=iat))
     with pytest.raises(AuthenticationError, match="not valid yet"):
         at(iat - CLOCK_SKEW_SECONDS - 1).verify(issuer.token(iat=iat))
+
+
+def test_a_token_is_valid_through_both_skewed_bounds_inclusive(issuer: Issuer) -> None:
+    # As google-auth's own checks: expired only after exp + skew, not valid only
+    # before iat - skew.
+    exp = int(time.time()) + 3600
+    iat = int(time.time())
+
+    def at(now: float) -> OIDCVerifier:
+        return OIDCVerifier(
+            certs=StaticCerts(issuer.certs),
+            audiences=[AUDIENCE],
+            invokers=[INVOKER],
+            clock=lambda: now,
+            cache_size=0,
+        )
+
+    assert at(exp + CLOCK_SKEW_SECONDS).verify(issuer.token(exp=exp))["exp"] == exp
+    assert at(iat - CLOCK_SKEW_SECONDS).verify(issuer.token(iat=iat))["iat"] == iat
 
 
 @pytest.mark.parametrize(

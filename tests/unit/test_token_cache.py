@@ -233,3 +233,59 @@ def test_the_default_cache_keeps_256_tokens(issuer: Issuer) -> None:
     assert tokens.get("t0", 0) is None  # the least recently used went
     assert tokens.get("t1", 0) is entry
     assert tokens.get("t256", 0) is entry
+
+
+def test_a_cache_of_one_token_still_caches(
+    certs: CountingCerts, clock: Clock, issuer: Issuer, signatures: list[str]
+) -> None:
+    verifier = OIDCVerifier(
+        certs=certs, audiences=[AUDIENCE], invokers=[INVOKER], clock=clock, cache_size=1
+    )
+    token = issuer.token()
+    for _ in range(3):
+        verifier.verify(token)
+    assert (len(signatures), cache(verifier).hits) == (1, 2)
+
+
+class HeldLock:
+    """Stands in for the cache's lock; counts the threads waiting for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.waiting = threading.Semaphore(0)
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            self.waiting.release()
+            assert self._lock.acquire(timeout=10)
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def test_threads_finding_the_same_expired_token_all_miss(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Both see the expired entry before either removes it: the second finds it gone.
+    tokens = VerifiedTokens()
+    tokens.put("t", CachedToken(claims={}, kid="k", cert="PEM", expires_at=100.0))
+    lock = HeldLock()
+    monkeypatch.setattr(tokens, "_lock", lock)
+    results: list[object] = []
+
+    def get() -> None:
+        try:
+            results.append(tokens.get("t", 100.0))
+        except Exception as exc:
+            results.append(exc)
+
+    with lock:
+        threads = [threading.Thread(target=get) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for _ in threads:
+            assert lock.waiting.acquire(timeout=10)
+    for thread in threads:
+        thread.join(10)
+    assert results == [None, None]
+    assert len(tokens) == 0

@@ -8,7 +8,8 @@ them for the ``Cache-Control: max-age`` the endpoint sends:
 * one fetch per cache period, whatever the number of threads asking: the fetch
   happens under a lock, readers of a fresh cache take no lock, and while one thread
   refreshes an expired cache the others keep verifying with it instead of waiting;
-* the lifetime is ``max-age`` minus ``Age``, kept between
+* the lifetime is ``max-age`` minus ``Age`` (an ``Age`` that is not a finite,
+  non-negative number counts as 0), kept between
   :data:`MIN_REFRESH_INTERVAL` and :data:`MAX_CACHE_SECONDS`, or
   :data:`DEFAULT_MAX_AGE` without a usable ``max-age``;
 * a key ID the cache does not know (Google rotated keys, or a forged token) triggers
@@ -28,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -211,6 +213,10 @@ def _max_age(headers: Mapping[str, str]) -> float:
     try:
         age = float(lowered.get("age", "0"))
     except ValueError:
+        age = 0.0
+    if not math.isfinite(age) or age < 0:
+        # Not a delta-seconds value (RFC 9111, 5.1); "nan" would make the lifetime NaN,
+        # and certificates that expire at once answer 503 between fetches.
         age = 0.0
     return min(max(float(match.group(1)) - age, MIN_REFRESH_INTERVAL), MAX_CACHE_SECONDS)
 
