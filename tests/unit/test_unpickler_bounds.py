@@ -10,6 +10,7 @@ arguments, and the words of each refusal.
 from __future__ import annotations
 
 import copyreg
+import dbm
 import io
 import pickle
 import pickletools
@@ -255,6 +256,9 @@ def test_python_2_names_are_translated_without_an_allowlist() -> None:
     # __builtin__.xrange is range, UserDict.UserDict is collections.UserDict.
     assert load(b"c__builtin__\nxrange\n.") is range
     assert load(b"c__builtin__\nunicode\n.") is str
+    # Exactly once: whichdb.whichdb is dbm.whichdb, and the base unpickler's fix_imports
+    # would translate dbm again, to dbm.ndbm.
+    assert load(b"cwhichdb\nwhichdb\n.") is dbm.whichdb
 
 
 # --- the opcode table a subclass dispatches through -------------------------------------
