@@ -119,3 +119,28 @@ def test_what_a_reference_found_stays_alive_so_no_new_object_takes_its_id() -> N
     unpickler = CheckedUnpickler(pickled, resolve=resolve, refuse=DisallowedReferenceError)
     assert unpickler.load() == ["mine"]
     assert list(unpickler.found.values()) == [[]]
+
+
+@pytest.mark.parametrize(
+    ("opcodes", "opcode"),
+    [
+        (text("name") + text("owned") + b"s", "SETITEM"),
+        (b"(" + text("name") + text("owned") + b"u", "SETITEMS"),
+    ],
+    ids=["SETITEM", "SETITEMS"],
+)
+def test_a_refused_dict_fill_in_names_its_opcode(opcodes: bytes, opcode: str) -> None:
+    # The allowed module shares no dict: a lookup answering with one stands in for it.
+    shared = {"name": "default"}
+
+    def resolve(find: Any, module: str, name: str) -> dict[str, str]:
+        return shared
+
+    pickled = proto4(ref(TARGETS, "shared"), opcodes)
+    unpickler = CheckedUnpickler(pickled, resolve=resolve, refuse=DisallowedReferenceError)
+    with pytest.raises(DisallowedReferenceError) as refused:
+        unpickler.load()
+    assert str(refused.value) == (
+        f"the payload's {opcode} opcode would modify a dict object, which it did not create"
+    )
+    assert shared == {"name": "default"}

@@ -130,6 +130,27 @@ def test_the_opcode_budget_stops_a_run_of_no_ops() -> None:
     assert BoundedUnpickler(no_ops[: 2 + 2 * 40_000] + b"N.", budget=budget).load() is None
 
 
+# 128 opcodes (127 NONE, then STOP), each NONE charged its stack slot (8 bytes): the
+# unpickler counts opcodes and adds their fixed costs every 64 opcodes, so a run of
+# twice 64 is counted and charged in full.
+NONES = b"N" * 127 + b"."
+
+
+def test_the_opcode_budget_admits_exactly_the_opcodes_it_counts() -> None:
+    exact = DecodeBudget(opcodes=128, memory=MiB)
+    assert BoundedUnpickler(NONES, budget=exact).load() is None
+    with pytest.raises(DecodeLimitError) as refused:
+        BoundedUnpickler(NONES, budget=DecodeBudget(opcodes=127, memory=MiB)).load()
+    assert str(refused.value) == "the pickle runs more than 127 opcodes"
+
+
+def test_the_fixed_costs_of_opcodes_are_charged_exactly() -> None:
+    assert BoundedUnpickler(NONES, budget=DecodeBudget(opcodes=128, memory=1016)).load() is None
+    with pytest.raises(DecodeLimitError) as refused:
+        BoundedUnpickler(NONES, budget=DecodeBudget(opcodes=128, memory=1015)).load()
+    assert str(refused.value) == "the pickle creates more than 1015 bytes of objects"
+
+
 def test_a_compressed_run_of_no_ops_gets_the_budget_of_its_body(client: Client) -> None:
     # 16 million opcodes deflate to ~30 KB: the body's budget is a million opcodes.
     body = encode(b"\x80\x04" + b"N0" * 8_000_000 + b"N.", compress=True)

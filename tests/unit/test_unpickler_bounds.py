@@ -10,9 +10,12 @@ arguments, and the words of each refusal.
 from __future__ import annotations
 
 import copyreg
+import dbm
+import io
 import pickle
 import pickletools
 import struct
+import sys
 from typing import Any, ClassVar
 
 import pytest
@@ -205,10 +208,14 @@ def test_three_items_cost_exactly_144_bytes(pickled: bytes, value: Any) -> None:
     assert str(refused.value) == "the pickle creates more than 143 bytes of objects"
 
 
-def test_a_dict_is_charged_per_complete_pair() -> None:
-    # DICT with a key and no value: the 3 pairs are charged (144 bytes), the lone key
-    # is not, and the base unpickler then finds the pair incomplete.
-    pickled = b"(" + ints(1, 2, 3, 4, 5, 6, 7) + b"d."
+@pytest.mark.parametrize(
+    "pickled",
+    [b"(" + ints(1, 2, 3, 4, 5, 6, 7) + b"d.", b"\x80\x02}(" + ints(1, 2, 3, 4, 5, 6, 7) + b"u."],
+    ids=["DICT", "SETITEMS"],
+)
+def test_a_dict_is_charged_per_complete_pair(pickled: bytes) -> None:
+    # A key and no value: the 3 pairs are charged (144 bytes), the lone key is not
+    # (not half an item either), and the base unpickler then finds the pair incomplete.
     with pytest.raises(IndexError):
         load(pickled, budget(144))
 
@@ -249,6 +256,9 @@ def test_python_2_names_are_translated_without_an_allowlist() -> None:
     # __builtin__.xrange is range, UserDict.UserDict is collections.UserDict.
     assert load(b"c__builtin__\nxrange\n.") is range
     assert load(b"c__builtin__\nunicode\n.") is str
+    # Exactly once: whichdb.whichdb is dbm.whichdb, and the base unpickler's fix_imports
+    # would translate dbm again, to dbm.ndbm.
+    assert load(b"cwhichdb\nwhichdb\n.") is dbm.whichdb
 
 
 # --- the opcode table a subclass dispatches through -------------------------------------
@@ -289,12 +299,78 @@ def _loads_within(pickled: bytes, memory: int) -> bool:
     return True
 
 
-def test_build_is_charged_per_item_of_its_state() -> None:
+@pytest.mark.parametrize(
+    ("below", "above"), [(b"", b""), (b"]", b"a")], ids=["alone", "above a list"]
+)
+def test_build_is_charged_per_item_of_its_state(below: bytes, above: bytes) -> None:
     # The same old-style instance and state dict, with and without the BUILD that sets
-    # the three attributes: BUILD costs exactly three items.
+    # the three attributes: BUILD costs exactly three items, whatever lies below the
+    # instance on the stack (here, the list it is then appended to).
     state = b"}(" + b"".join(b"X\x01\x00\x00\x00" + n + b"K\x01" for n in (b"a", b"b", b"c")) + b"u"
-    without_build = inst("Legacy")[:-1] + state + b"0."
-    with_build = inst("Legacy")[:-1] + state + b"b."
+    without_build = below + inst("Legacy")[:-1] + state + b"0" + above + b"."
+    with_build = below + inst("Legacy")[:-1] + state + b"b" + above + b"."
     built = load(with_build)
+    if above:
+        (built,) = built
     assert (built.a, built.b, built.c) == (1, 1, 1)
     assert least_memory(with_build) - least_memory(without_build) == 144
+
+
+# --- calls: NEWOBJ's arguments, and the charge for what a call returns ------------------
+
+
+def test_newobj_passes_its_arguments_to_new() -> None:
+    pickled = b"\x80\x02c" + HERE.encode() + b"\nKeyworded\nK\x01K\x02\x86\x81."
+    made = load(pickled)
+    assert type(made) is Keyworded
+    assert (made.args, made.kwargs) == ((1, 2), {})
+
+
+def test_newobj_arguments_are_checked_like_any_call() -> None:
+    # bytes.__new__(bytes, 10): a size, not contents (bytes(10**9) from a few bytes).
+    pickled = b"\x80\x02cbuiltins\nbytes\nK\x0a\x85\x81."
+    with pytest.raises(DecodeLimitError) as refused:
+        load(pickled)
+    assert str(refused.value) == "a call in the pickle sizes a bytes object"
+
+
+TEXT_200 = b"X\xc8\x00\x00\x00" + b"x" * 200  # BINUNICODE of 200 characters
+BYTES_200 = b"C\xc8" + b"x" * 200  # SHORT_BINBYTES of 200 bytes
+
+
+@pytest.mark.parametrize(
+    ("pickled", "value"),
+    [
+        (b"\x80\x02cbuiltins\nbytearray\n" + BYTES_200 + b"\x85R.", bytearray(b"x" * 200)),
+        (b"\x80\x02cbuiltins\nstr\n" + TEXT_200 + b"\x85\x81.", "x" * 200),
+    ],
+    ids=["REDUCE", "NEWOBJ"],
+)
+def test_a_call_is_charged_exactly_the_size_of_what_it_returns(pickled: bytes, value: Any) -> None:
+    size = sys.getsizeof(value)
+    assert size > 200
+    assert load(pickled, budget(size)) == value
+    with pytest.raises(DecodeLimitError) as refused:
+        load(pickled, budget(size - 1))
+    assert str(refused.value) == f"the pickle creates more than {size - 1} bytes of objects"
+
+
+# --- malformed pickles fail as in the standard unpickler --------------------------------
+
+
+@pytest.mark.parametrize(
+    "pickled",
+    [b"b.", b"N\x81.", b"u.", b"s.", b"d.", b"\x90.", b"\x91."],
+    ids=["BUILD", "NEWOBJ", "SETITEMS", "SETITEM", "DICT", "ADDITEMS", "FROZENSET"],
+)
+def test_an_opcode_short_of_its_operands_fails_as_in_the_standard_unpickler(
+    pickled: bytes,
+) -> None:
+    # The checks and charges added to an opcode run first, on a stack that may be
+    # short: they leave the failure to the opcode itself, as pickle's own code has it
+    # (the stack it pops from is empty).
+    with pytest.raises(IndexError) as standard:
+        pickle._Unpickler(io.BytesIO(pickled)).load()
+    with pytest.raises(IndexError) as ours:
+        load(pickled)
+    assert str(ours.value) == str(standard.value) == "pop from empty list"
