@@ -58,6 +58,11 @@ def new(cls: bytes, state: bytes | None = None) -> bytes:
     return cls + b")\x81" + (state + b"b" if state is not None else b"")
 
 
+def pickle_of(*fragments: bytes) -> bytes:
+    """A whole pickle (protocol 4, no frame) of the object the fragments push."""
+    return b"\x80\x04" + b"".join(fragments) + b"."
+
+
 def task(func: bytes, *args: bytes) -> bytes:
     """A whole task pickle: ``(func, args, {})``."""
     return b"\x80\x04" + func + tup(*args) + b"}\x87."

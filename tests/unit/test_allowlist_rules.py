@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from cloudtasks_deferred.payload.allowlist import Allowlist, DisallowedReferenceError, check_entries
+from tests.security.opcodes import pickle_of, ref, text
 from tests.unit import allowlist_targets
 from tests.unit.allowlist_targets import (
     SHARED,
@@ -30,22 +31,6 @@ from tests.unit.allowlist_targets import (
 
 TARGETS = "tests.unit.allowlist_targets"
 ALLOWED = Allowlist([TARGETS])
-
-
-def text(value: str) -> bytes:
-    """SHORT_BINUNICODE ``value``."""
-    data = value.encode()
-    return b"\x8c" + bytes([len(data)]) + data
-
-
-def ref(module: str, name: str) -> bytes:
-    """STACK_GLOBAL ``module.name``."""
-    return text(module) + text(name) + b"\x93"
-
-
-def proto4(*opcodes: bytes) -> bytes:
-    """A protocol-4 pickle of ``opcodes``, written by hand as a forged payload is."""
-    return b"\x80\x04" + b"".join(opcodes) + b"."
 
 
 def refused_reference(name: str) -> str:
@@ -60,13 +45,13 @@ def test_module_object_rule_refuses_a_module_reached_through_an_allowed_module()
     # allowlist_targets imports subprocess: nothing but the module-object check stops
     # "allowlist_targets.subprocess" (a module has no __module__ and is not callable).
     with pytest.raises(DisallowedReferenceError, match=refused_reference("subprocess")):
-        ALLOWED.loads(proto4(ref(TARGETS, "subprocess")))
+        ALLOWED.loads(pickle_of(ref(TARGETS, "subprocess")))
 
 
 def test_module_object_rule_refuses_a_module_named_by_an_exact_entry() -> None:
     allowlist = Allowlist([f"{TARGETS}.subprocess"])
     with pytest.raises(DisallowedReferenceError, match=refused_reference("subprocess")):
-        allowlist.loads(proto4(ref(TARGETS, "subprocess")))
+        allowlist.loads(pickle_of(ref(TARGETS, "subprocess")))
 
 
 def test_only_classes_are_looked_into_so_a_shared_instances_method_is_refused() -> None:
@@ -74,7 +59,7 @@ def test_only_classes_are_looked_into_so_a_shared_instances_method_is_refused() 
     # "only classes are looked into" refuses the bound method of the shared instance.
     assert SHARED.run.__module__ == TARGETS
     with pytest.raises(DisallowedReferenceError, match=refused_reference("SHARED.run")):
-        ALLOWED.loads(proto4(ref(TARGETS, "SHARED.run")))
+        ALLOWED.loads(pickle_of(ref(TARGETS, "SHARED.run")))
 
 
 @pytest.mark.parametrize("name", ["Job.__init__", "__builtins__", "__name__"])
@@ -83,7 +68,7 @@ def test_dunder_rule_refuses_a_name_part_starting_with_two_underscores(name: str
     # class; __builtins__ (a dict) and __name__ (a str) are plain data without a
     # __module__: every other rule lets each of them through.
     with pytest.raises(DisallowedReferenceError, match=refused_reference(name)):
-        ALLOWED.loads(proto4(ref(TARGETS, name)))
+        ALLOWED.loads(pickle_of(ref(TARGETS, name)))
 
 
 def test_defining_module_rule_refuses_a_nested_name_defined_elsewhere() -> None:
@@ -91,27 +76,27 @@ def test_defining_module_rule_refuses_a_nested_name_defined_elsewhere() -> None:
     # subprocess. Only the defining-module check of the nested part refuses it.
     assert Job.shell is subprocess.run
     with pytest.raises(DisallowedReferenceError, match=refused_reference("Job.shell")):
-        ALLOWED.loads(proto4(ref(TARGETS, "Job.shell")))
+        ALLOWED.loads(pickle_of(ref(TARGETS, "Job.shell")))
 
 
 def test_defining_module_rule_refuses_a_top_level_name_defined_elsewhere() -> None:
     with pytest.raises(DisallowedReferenceError, match=refused_reference("run_elsewhere")):
-        ALLOWED.loads(proto4(ref(TARGETS, "run_elsewhere")))
+        ALLOWED.loads(pickle_of(ref(TARGETS, "run_elsewhere")))
 
 
 def test_defining_module_rule_admits_a_re_exported_name_listed_exactly() -> None:
     # uuid.UUID is defined in uuid, not in the allowed module, but is listed exactly
     # (a safe global): the same object is allowed under either name.
-    assert ALLOWED.loads(proto4(ref(TARGETS, "UUID"))) is uuid.UUID
+    assert ALLOWED.loads(pickle_of(ref(TARGETS, "UUID"))) is uuid.UUID
 
 
 def test_the_allowed_counterparts_load() -> None:
     # The rules above refuse only what they target: the same paths to this module's
     # own code load (so each refusal above is the rule's, not a missing name).
-    assert ALLOWED.loads(proto4(ref(TARGETS, "Job"))) is Job
-    assert ALLOWED.loads(proto4(ref(TARGETS, "Job.run"))) is Job.run
-    assert ALLOWED.loads(proto4(ref(TARGETS, "SHARED"))) is SHARED
-    assert ALLOWED.loads(proto4(ref(TARGETS, "never_filled_in"))) is never_filled_in
+    assert ALLOWED.loads(pickle_of(ref(TARGETS, "Job"))) is Job
+    assert ALLOWED.loads(pickle_of(ref(TARGETS, "Job.run"))) is Job.run
+    assert ALLOWED.loads(pickle_of(ref(TARGETS, "SHARED"))) is SHARED
+    assert ALLOWED.loads(pickle_of(ref(TARGETS, "never_filled_in"))) is never_filled_in
 
 
 # --- entries that are never allowed, each listed literally --------------------------------
@@ -228,7 +213,7 @@ def test_build_is_refused_on_each_never_filled_in_type(
 ) -> None:
     # never_filled_in(kind) is allowed code returning the object: find_class did not
     # return it, so only its type (in _NEVER_FILLED_IN) refuses the BUILD.
-    forged = proto4(
+    forged = pickle_of(
         ref(TARGETS, "never_filled_in") + text(kind) + b"\x85R",  # never_filled_in(kind)
         b"N}" + text(ATTRIBUTE) + text("owned") + b"s\x86b",  # BUILD (None, {attr: ...})
         b"0",
@@ -241,7 +226,7 @@ def test_build_is_refused_on_each_never_filled_in_type(
 
 def test_an_instance_the_pickle_makes_is_still_filled_in() -> None:
     # The counterpart: BUILD on a Job the pickle creates itself is allowed.
-    made = proto4(
+    made = pickle_of(
         ref(TARGETS, "Job") + b")R",  # Job()
         b"N}" + text("name") + text("built") + b"s\x86b",
     )
@@ -285,7 +270,7 @@ def test_data_defined_elsewhere_matches_no_exact_entry(entry: str) -> None:
     # no entry of collections can name it; only a class or function listed exactly is
     # admitted where it is re-exported.
     with pytest.raises(DisallowedReferenceError, match=refused_reference("TALLY")):
-        Allowlist([TARGETS, entry]).loads(proto4(ref(TARGETS, "TALLY")))
+        Allowlist([TARGETS, entry]).loads(pickle_of(ref(TARGETS, "TALLY")))
 
 
 def test_entries_after_invoke_member_are_checked_too() -> None:

@@ -15,26 +15,11 @@ import pytest
 
 from cloudtasks_deferred.payload.allowlist import Allowlist, DisallowedReferenceError
 from cloudtasks_deferred.payload.checked import CheckedUnpickler
+from tests.security.opcodes import pickle_of, ref, text
 from tests.unit import allowlist_targets
 
 TARGETS = "tests.unit.allowlist_targets"
 ALLOWED = Allowlist([TARGETS])
-
-
-def text(value: str) -> bytes:
-    """SHORT_BINUNICODE ``value``."""
-    data = value.encode()
-    return b"\x8c" + bytes([len(data)]) + data
-
-
-def ref(module: str, name: str) -> bytes:
-    """STACK_GLOBAL ``module.name``."""
-    return text(module) + text(name) + b"\x93"
-
-
-def proto4(*opcodes: bytes) -> bytes:
-    """A protocol-4 pickle of ``opcodes``, written by hand as a forged payload is."""
-    return b"\x80\x04" + b"".join(opcodes) + b"."
 
 
 @pytest.fixture
@@ -74,7 +59,7 @@ def test_a_refused_fill_in_names_its_opcode_and_the_kind_of_target(
     target: str, opcodes: bytes, message: str, shared_data: None
 ) -> None:
     with pytest.raises(DisallowedReferenceError) as refused:
-        ALLOWED.loads(proto4(ref(TARGETS, target), opcodes))
+        ALLOWED.loads(pickle_of(ref(TARGETS, target), opcodes))
     assert str(refused.value) == message
     assert allowlist_targets.NAMES == ["default"]
     assert sorted(allowlist_targets.TAGS) == ["test"]
@@ -83,7 +68,7 @@ def test_a_refused_fill_in_names_its_opcode_and_the_kind_of_target(
 def test_an_instance_is_named_by_its_kind_not_by_its_module_alone() -> None:
     # An instance of a class has a __module__ (its class's) but no __qualname__:
     # the refusal names its kind, "a Job object", not a half name.
-    forged = proto4(
+    forged = pickle_of(
         ref(TARGETS, "SHARED"),
         b"N}" + text("name") + text("owned") + b"s\x86b",  # BUILD (None, {"name": ...})
     )
@@ -96,7 +81,7 @@ def test_an_instance_is_named_by_its_kind_not_by_its_module_alone() -> None:
 
 
 def test_a_class_is_named_by_its_module_and_qualified_name() -> None:
-    forged = proto4(
+    forged = pickle_of(
         ref(TARGETS, "Job"),
         b"N}" + text("run") + text("owned") + b"s\x86b",
     )
@@ -115,7 +100,7 @@ def test_what_a_reference_found_stays_alive_so_no_new_object_takes_its_id() -> N
     def resolve(find: Any, module: str, name: str) -> list[str]:
         return []
 
-    pickled = proto4(ref(TARGETS, "fresh"), b"0]", text("mine"), b"a")
+    pickled = pickle_of(ref(TARGETS, "fresh"), b"0]", text("mine"), b"a")
     unpickler = CheckedUnpickler(pickled, resolve=resolve, refuse=DisallowedReferenceError)
     assert unpickler.load() == ["mine"]
     assert list(unpickler.found.values()) == [[]]
@@ -136,7 +121,7 @@ def test_a_refused_dict_fill_in_names_its_opcode(opcodes: bytes, opcode: str) ->
     def resolve(find: Any, module: str, name: str) -> dict[str, str]:
         return shared
 
-    pickled = proto4(ref(TARGETS, "shared"), opcodes)
+    pickled = pickle_of(ref(TARGETS, "shared"), opcodes)
     unpickler = CheckedUnpickler(pickled, resolve=resolve, refuse=DisallowedReferenceError)
     with pytest.raises(DisallowedReferenceError) as refused:
         unpickler.load()
